@@ -1,0 +1,127 @@
+"""The BS3LNet network, and loading of checkpoints (ours, or the official code's `.pkl` state_dicts)."""
+import re
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from utils import UserError
+
+NORMS = ("bnorm", "inorm")
+
+
+def conv3x3(nch_in, nch_out, bias):
+    """3x3 convolution, stride 1, on a ReflectionPad2d(1)-padded input (the official layer)."""
+    return nn.Conv2d(nch_in, nch_out, kernel_size=3, stride=1, padding=1, padding_mode="reflect", bias=bias)
+
+
+def norm_layer(norm, nch):
+    if norm == "bnorm":
+        return nn.BatchNorm2d(nch)
+    if norm == "inorm":
+        return nn.InstanceNorm2d(nch)  # no affine, no running statistics, as in the official code
+    raise UserError(f"unknown --norm_mode '{norm}': use bnorm or inorm")
+
+
+class ResidualBlock(nn.Module):
+    """x + [conv -> norm -> ReLU -> conv -> norm]."""
+
+    def __init__(self, nch, norm):
+        super().__init__()
+        # With BatchNorm a conv bias would be cancelled by the mean subtraction; the official code drops
+        # it there and keeps it with InstanceNorm. Registration order = the official init order.
+        bias = norm != "bnorm"
+        self.conv1 = conv3x3(nch, nch, bias)
+        self.norm1 = norm_layer(norm, nch)
+        self.conv2 = conv3x3(nch, nch, bias)
+        self.norm2 = norm_layer(norm, nch)
+
+    def forward(self, x):
+        return x + self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+
+
+class BS3LNet(nn.Module):
+    """encoder (conv+ReLU) -> nblk residual blocks -> decoder (conv+norm), + encoder skip -> conv head."""
+
+    def __init__(self, bands, nch_ker=64, nblk=2, norm="bnorm"):
+        super().__init__()
+        self.args = dict(bands=bands, nch_ker=nch_ker, nblk=nblk, norm=norm)
+        self.encoder = conv3x3(bands, nch_ker, bias=True)
+        self.blocks = nn.Sequential(*[ResidualBlock(nch_ker, norm) for _ in range(nblk)])
+        self.decoder = conv3x3(nch_ker, nch_ker, bias=norm != "bnorm")
+        self.decoder_norm = norm_layer(norm, nch_ker)
+        self.head = conv3x3(nch_ker, bands, bias=True)
+
+    def forward(self, x):
+        features = F.relu(self.encoder(x))
+        decoded = self.decoder_norm(self.decoder(self.blocks(features)))
+        return self.head(decoded + features)
+
+
+# Official key -> our key. The official layers wrap each conv in Sequential(pad, conv) and each
+# norm in a named wrapper, hence the `.conv.1` / `.norm` segments.
+_OFFICIAL_KEYS = [
+    (r"encoder\.cbr\.0\.conv\.1\.", "encoder."),
+    (r"resconv\.(\d+)\.resblk\.1\.cbr\.0\.conv\.1\.", r"blocks.\1.conv1."),
+    (r"resconv\.(\d+)\.resblk\.1\.cbr\.1\.norm\.", r"blocks.\1.norm1."),
+    (r"resconv\.(\d+)\.resblk\.3\.cbr\.0\.conv\.1\.", r"blocks.\1.conv2."),
+    (r"resconv\.(\d+)\.resblk\.3\.cbr\.1\.norm\.", r"blocks.\1.norm2."),
+    (r"decoder\.cbr\.0\.conv\.1\.", "decoder."),
+    (r"decoder\.cbr\.1\.norm\.", "decoder_norm."),
+    (r"conv\.conv\.1\.", "head."),
+]
+
+
+def from_official_state_dict(state_dict):
+    """Rename an official BS3LNet state_dict's keys to ours (keys already ours pass through)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")  # saved from DataParallel
+        for pattern, replacement in _OFFICIAL_KEYS:
+            new_key, count = re.subn("^" + pattern, replacement, key)
+            if count:
+                key = new_key
+                break
+        renamed[key] = value
+    return renamed
+
+
+def model_args_from_state_dict(state_dict):
+    """Infer bands, nch_ker, nblk and norm from a state_dict with our key names."""
+    try:
+        nch_ker, bands = state_dict["encoder.weight"].shape[:2]
+    except (KeyError, ValueError):
+        raise UserError("the checkpoint holds no BS3LNet weights (no encoder convolution): "
+                        "pass a checkpoint written by this tool or an official BS3LNet .pkl")
+    nblk = len({k.split(".")[1] for k in state_dict if k.startswith("blocks.") and k.endswith("conv1.weight")})
+    norm = "bnorm" if "decoder_norm.running_mean" in state_dict else "inorm"
+    return dict(bands=int(bands), nch_ker=int(nch_ker), nblk=nblk, norm=norm)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint of ours or an official `.pkl`; returns (model in eval mode, checkpoint dict).
+
+    The checkpoint dict has `model`, `model_args` and, for ours, `config` and `epoch`.
+    """
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist: train first or pass --checkpoint PATH")
+    except Exception as error:  # a truncated or foreign file; say which and why in one line
+        raise UserError(f"cannot read checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}): "
+                        "pass a checkpoint written by this tool or an official BS3LNet .pkl")
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"checkpoint {path} is not a state_dict: pass a checkpoint written by this tool "
+                        "or an official BS3LNet .pkl")
+    if "model" not in checkpoint:  # the official code saves a bare state_dict
+        checkpoint = {"model": checkpoint}
+    state_dict = from_official_state_dict(checkpoint["model"])
+    model_args = model_args_from_state_dict(state_dict)
+    net = BS3LNet(**model_args)
+    try:
+        net.load_state_dict(state_dict)
+    except RuntimeError as error:
+        raise UserError(f"checkpoint {path} does not fit a BS3LNet with {model_args}: "
+                        f"{str(error).splitlines()[0]}")
+    checkpoint.update(model=state_dict, model_args=model_args)
+    return net.eval(), checkpoint

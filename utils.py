@@ -1,0 +1,96 @@
+"""Shared helpers: user-facing errors, seeding, devices, weight init, metrics, safe file writes."""
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+def seed_everything(seed):
+    """Seed python, numpy and torch (CPU and CUDA) and make cuDNN deterministic."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def resolve_device(device, gpu_ids="0"):
+    """Turn `auto|cpu|cuda|cuda:N` into a torch.device; auto picks cuda:<gpu_ids> when available."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{str(gpu_ids).split(',')[0]}")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown --device '{device}': use auto, cpu, cuda or cuda:N")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for a GPU but CUDA is not available: use --device cpu")
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif resolved.type != "cpu":
+        raise UserError(f"unsupported --device '{device}': use auto, cpu, cuda or cuda:N")
+    return resolved
+
+
+def init_weights(net, init_type="normal", gain=0.02):
+    """Initialise conv weights by `init_type`, conv biases to 0, BatchNorm weight ~ N(1, gain), bias 0."""
+    def init_module(module):
+        if isinstance(module, nn.Conv2d):
+            if init_type == "normal":
+                nn.init.normal_(module.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(module.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+            elif init_type == "orthogonal":
+                nn.init.orthogonal_(module.weight, gain=gain)
+            else:
+                raise UserError(f"unknown --init_weight_type '{init_type}': use normal, xavier, kaiming or orthogonal")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+    net.apply(init_module)
+
+
+def detection_map(hsi, reconstructed):
+    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1]."""
+    error = np.mean((np.asarray(hsi, np.float32) - np.asarray(reconstructed, np.float32)) ** 2, axis=2)
+    low, high = error.min(), error.max()
+    if high == low:  # a constant map carries no ranking; keep it finite
+        return np.zeros_like(error)
+    return (error - low) / (high - low)
+
+
+def auc_score(gt_map, score_map):
+    """AUC(D,F) exactly as the official code: sklearn's roc_auc_score over all pixels."""
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(np.asarray(gt_map).ravel(), np.asarray(score_map).ravel()))
+
+
+def atomic_write(path, write):
+    """Call `write(tmp_path)` then rename onto `path`, so an interruption never leaves half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]  # keep the extension: some writers (savefig) dispatch on it
+    handle, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(handle)
+    try:
+        write(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
