@@ -86,8 +86,11 @@ def save_checkpoint(path, net, optimizer, config, epoch, losses):
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def train(config):
-    """Train BS3LNet on `config.dataset` as the official code does; returns the per-epoch mean losses."""
+def train(config, after_epoch=None):
+    """Train BS3LNet on `config.dataset` as the official code does; returns the per-epoch mean losses.
+
+    `after_epoch(epoch, net, loss)`, if given, is called after each epoch (the net is left in train mode).
+    """
     device = resolve_device(config.device, config.gpu_ids)
     print(f"device: {device}")
     if config.lossm not in ("l1", "l2"):
@@ -134,6 +137,9 @@ def train(config):
         with open(log_path, "a") as log:
             log.write(f"{epoch}\t{loss:.6f}\t{seconds:.2f}\n")
         print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s")
+        if after_epoch is not None:
+            after_epoch(epoch, net, loss)
+            net.train()
         if epoch % config.save_freq == 0 or epoch == config.epochs:
             save_checkpoint(checkpoint_path(run_dir, epoch), net, optimizer, config, epoch, losses)
     print(f"checkpoints and log in {run_dir}")

@@ -1,0 +1,55 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+REFERENCE = os.path.join(SHARED, "reference")
+SHARED_DATA = os.path.join(SHARED, "data")
+sys.path.insert(0, ROOT)
+
+needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE),
+                                     reason="../shared/reference (official fixtures) is absent in this checkout")
+needs_shared_data = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, "HYDICE-II.mat")),
+                                       reason="../shared/data (real scenes) is absent in this checkout")
+
+# Small but real settings, so that a whole CLI run takes a few seconds.
+FAST_FLAGS = ["--patch", "5", "--size_window", "3", "--nch_ker", "8", "--nblk", "1",
+              "--batch_size", "32", "--device", "cpu"]
+
+
+def tiny_scene(height=12, width=10, bands=6, seed=0):
+    """A small smooth scene with a 2-pixel anomaly, and its map."""
+    rng = np.random.RandomState(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    spectra = np.linspace(1, 2, bands)
+    hsi = 100 * (1 + 0.1 * np.sin(rows / 3.0)[..., None] + 0.1 * np.cos(cols / 4.0)[..., None]) * spectra
+    hsi += rng.randn(height, width, bands)
+    gt = np.zeros((height, width), np.uint8)
+    gt[4, 5] = gt[8, 2] = 1
+    hsi[gt == 1] = 100 * spectra[::-1]
+    return hsi.astype(np.float32), gt
+
+
+@pytest.fixture
+def scene_dir(tmp_path):
+    """A data folder holding tiny.mat (12 x 10 x 6, non-square) with `data` and `map`."""
+    hsi, gt = tiny_scene()
+    scipy.io.savemat(tmp_path / "tiny.mat", {"data": hsi, "map": gt})
+    return tmp_path
+
+
+def cli_flags(data_dir, dataset="tiny", *extra):
+    work = str(data_dir)
+    return ["--dataset", dataset, "--data_dir", work, "--checkpoints_dir", os.path.join(work, "checkpoints"),
+            "--results_dir", os.path.join(work, "results"), *FAST_FLAGS, *extra]
+
+
+def run_cli(*args, cwd=None):
+    """Run `python main.py ARGS` in a subprocess; returns the CompletedProcess (text)."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
