@@ -131,23 +131,19 @@ class BlindSpotSampler:
         others = torch.randint(0, p * p - 1, (num_patches, n - 1), generator=generator)
         others += (others >= centre).long()  # uniform over the patch without the centre, with replacement
         targets = torch.cat([torch.full((num_patches, 1), centre), others], dim=1)
-        dy = torch.randint(self.offset_low, self.offset_high, (num_patches, n), generator=generator)
-        dx = torch.randint(self.offset_low, self.offset_high, (num_patches, n), generator=generator)
-        still_zero = (dy == 0) & (dx == 0)
-        while still_zero.any():  # redraw (0, 0) offsets, as the official code does
-            count = int(still_zero.sum())
-            dy[still_zero] = torch.randint(self.offset_low, self.offset_high, (count,), generator=generator)
-            dx[still_zero] = torch.randint(self.offset_low, self.offset_high, (count,), generator=generator)
-            still_zero = (dy == 0) & (dx == 0)
+        # Redrawing (0, 0) until it is not, as the official code does, is the same as drawing uniformly
+        # among the other w*w - 1 offsets of the window: draw that index and skip the (0, 0) slot.
+        side = self.offset_high - self.offset_low
+        zero_slot = -self.offset_low * side - self.offset_low
+        slot = torch.randint(0, side * side - 1, (num_patches, n), generator=generator)
+        slot += (slot >= zero_slot).long()
+        dy, dx = slot // side + self.offset_low, slot % side + self.offset_low
         sources = ((targets // p + dy) % p) * p + (targets % p + dx) % p
         # A target drawn twice keeps its last draw's source (numpy's fancy assignment does the same);
         # giving every duplicate that source makes the later scatter independent of write order.
-        last_draw = torch.arange(n).expand(n, n)
-        chunk = max(1, 2 ** 22 // (n * n))
-        for start in range(0, num_patches, chunk):
-            t = targets[start:start + chunk]
-            winner = ((t[:, :, None] == t[:, None, :]) * last_draw).amax(dim=2)
-            sources[start:start + chunk] = sources[start:start + chunk].gather(1, winner)
+        last_draw = torch.full((num_patches, p * p), -1)
+        last_draw.scatter_reduce_(1, targets, torch.arange(n).expand(num_patches, n), reduce="amax")
+        sources = sources.gather(1, last_draw.gather(1, targets))
         dtype = torch.int16 if p * p <= torch.iinfo(torch.int16).max else torch.int32
         return targets.to(dtype), sources.to(dtype)
 

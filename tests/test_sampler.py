@@ -131,14 +131,10 @@ def draw_without_dedup(sampler, generator):
     others = torch.randint(0, p * p - 1, (num, n - 1), generator=generator)
     others += (others >= centre).long()
     targets = torch.cat([torch.full((num, 1), centre), others], dim=1)
-    dy = torch.randint(sampler.offset_low, sampler.offset_high, (num, n), generator=generator)
-    dx = torch.randint(sampler.offset_low, sampler.offset_high, (num, n), generator=generator)
-    zero = (dy == 0) & (dx == 0)
-    while zero.any():
-        count = int(zero.sum())
-        dy[zero] = torch.randint(sampler.offset_low, sampler.offset_high, (count,), generator=generator)
-        dx[zero] = torch.randint(sampler.offset_low, sampler.offset_high, (count,), generator=generator)
-        zero = (dy == 0) & (dx == 0)
+    side = sampler.offset_high - sampler.offset_low
+    slot = torch.randint(0, side * side - 1, (num, n), generator=generator)
+    slot += (slot >= -sampler.offset_low * (side + 1)).long()
+    dy, dx = slot // side + sampler.offset_low, slot % side + sampler.offset_low
     return targets, ((targets // p + dy) % p) * p + (targets % p + dx) % p
 
 
@@ -155,6 +151,10 @@ def test_offsets_cover_exactly_the_window_without_zero(size_window, expected):
     seen = set(zip(dy.tolist(), dx.tolist()))
     assert (0, 0) not in seen
     assert seen == {(a, b) for a in expected for b in expected} - {(0, 0)}
+    # uniform over the non-zero offsets, as redrawing (0, 0) until it is not gives
+    counts = np.unique(np.stack([dy, dx]), axis=1, return_counts=True)[1]
+    mean = dy.size / len(seen)
+    assert np.abs(counts - mean).max() < 5 * np.sqrt(mean)
 
 
 def test_sources_wrap_inside_the_patch_and_targets_are_uniform():
