@@ -120,7 +120,8 @@ class BlindSpotSampler:
         rows, cols = np.divmod(np.arange(self.num_patches), width)
         self.patch_origin = torch.from_numpy(rows * padded_width + cols).to(self.device)
         within = np.arange(patch)
-        self.patch_offsets = torch.from_numpy((within[:, None] * padded_width + within[None, :]).ravel()).to(self.device)
+        offsets = (within[:, None] * padded_width + within[None, :]).ravel()
+        self.patch_offsets = torch.from_numpy(offsets).to(self.device)
         self.identity = torch.arange(patch * patch, device=self.device)
 
     def draw_masks(self, generator, num_patches=None):

@@ -60,7 +60,7 @@ def save_map_figure(path, score_map, gt, title):
     plt.close(fig)
 
 
-def save_roc_figure(path, score_map, gt, auc, label):
+def save_roc_figure(path, score_map, gt, auc, label, title):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -70,7 +70,7 @@ def save_roc_figure(path, score_map, gt, auc, label):
     axis.plot(false_alarm, detection, lw=2, label=f"{label} (AUC = {auc:.4f})")
     axis.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
     axis.set(xlabel="false alarm rate $P_F$", ylabel="detection probability $P_D$", xlim=(0, 1), ylim=(0, 1.01),
-             title="ROC curve")
+             title=title)
     axis.legend(loc="lower right")
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
     plt.close(fig)
@@ -101,10 +101,11 @@ def predict(config):
                  lambda tmp: scipy.io.savemat(tmp, {"detectmap": score_map}))
     atomic_write(os.path.join(out_dir, "reconstructed_data.mat"),
                  lambda tmp: scipy.io.savemat(tmp, {"reconstructed_data": reconstructed}))
-    title = "BS3LNet detection map" + (f", AUC {auc:.4f}" if auc is not None else "")
+    title = f"{config.dataset}: BS3LNet detection map" + (f", AUC {auc:.4f}" if auc is not None else "")
     save_map_figure(os.path.join(out_dir, "detectmap.png"), score_map, gt, title)
     if auc is not None:
-        save_roc_figure(os.path.join(out_dir, "roc.png"), score_map, gt, auc, "BS3LNet")
+        save_roc_figure(os.path.join(out_dir, "roc.png"), score_map, gt, auc, "BS3LNet",
+                        f"{config.dataset}: ROC curve")
     metrics = dict(
         dataset=config.dataset, auc=auc, auc_note=auc_note, checkpoint=os.path.abspath(path),
         epoch=checkpoint.get("epoch"), model_args=net.args, train_config=checkpoint.get("config"),

@@ -33,8 +33,8 @@ def main():
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     setup = re.search(r"set-up ([\d.]+) s", result.stdout).group(1)
     print(f"command: {' '.join(command[1:])}")
-    print(f"| scene | peak RSS (MiB) | set-up before the first step (s) | whole process incl. imports (s) |")
-    print(f"|---|---|---|---|")
+    print("| scene | peak RSS (MiB) | set-up before the first step (s) | whole process incl. imports (s) |")
+    print("|---|---|---|---|")
     print(f"| {name} | {peak_mib:.0f} | {setup} | {wall:.1f} |")
 
 

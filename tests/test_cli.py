@@ -153,3 +153,15 @@ def test_non_square_hydice_trains_and_predicts(tmp_path):
     assert metrics["scene"] == dict(height=80, width=60, bands=162, anomaly_pixels=10)
     assert 0 <= metrics["auc"] <= 1
     assert scipy.io.loadmat(tmp_path / "r" / "HYDICE-II" / "detectmap.mat")["detectmap"].shape == (80, 60)
+
+
+def test_map_without_anomalies_gives_null_auc(scene_dir, capsys):
+    hsi, _ = tiny_scene()
+    scipy.io.savemat(scene_dir / "clean.mat", {"data": hsi, "map": np.zeros(hsi.shape[:2], np.uint8)})
+    flags = cli_flags(scene_dir, "clean", "--epochs", "1")
+    assert main(["--command", "train", *flags]) == 0
+    assert main(["--command", "predict", *flags]) == 0
+    assert "AUC undefined: the map has no anomaly pixel" in capsys.readouterr().out
+    metrics = json.loads((scene_dir / "results" / "clean" / "metrics.json").read_text())
+    assert metrics["auc"] is None and "no anomaly" in metrics["auc_note"]
+    assert (scene_dir / "results" / "clean" / "detectmap.mat").exists()

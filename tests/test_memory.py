@@ -1,5 +1,4 @@
 import os
-import resource
 import subprocess
 import sys
 
