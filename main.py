@@ -1,7 +1,13 @@
 """BS3LNet for hyperspectral anomaly detection: `--command train`, then `--command predict` with the same flags."""
 import argparse
+import shlex
 import sys
 
+import distributed
+from benchmark import benchmark
+from evaluation import LRX_BORDER_NOTE
+from predict import detect_with_baseline, predict
+from train import Interrupted, train
 from utils import UserError
 
 
@@ -11,7 +17,9 @@ def build_parser():
         description="BS3LNet blind-spot self-supervised hyperspectral anomaly detection (Gao et al., TGRS 2023).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     official = parser.add_argument_group("official flags (defaults as in the paper's code)")
-    official.add_argument("--command", choices=["train", "predict"], default="train", help="what to run")
+    official.add_argument("--command", choices=["train", "predict", "rx", "lrx", "benchmark"], default="train",
+                          help="train or predict BS3LNet; rx / lrx: the global / local RX baselines; benchmark: "
+                               "every --methods on every --datasets")
     official.add_argument("--dataset", default="AVIRIS-II",
                           help="scene name: <data_dir>/<dataset>.mat, or 'synthetic' for the built-in scene")
     official.add_argument("--seed", type=int, default=1, help="seed for python, numpy, torch, masks and batch order")
@@ -35,6 +43,10 @@ def build_parser():
                           help="training epochs; predict loads the checkpoint of this epoch")
     extra = parser.add_argument_group("further flags")
     extra.add_argument("--data_dir", default="./data", help="folder holding <dataset>.mat")
+    extra.add_argument("--data_key", default=None,
+                       help="name of the scene array in the .mat file (found automatically when unambiguous)")
+    extra.add_argument("--gt_key", default=None,
+                       help="name of the ground-truth map in the .mat file (found automatically when unambiguous)")
     extra.add_argument("--checkpoints_dir", default="./checkpoints",
                        help="runs are saved in <checkpoints_dir>/<dataset>/<configuration>/")
     extra.add_argument("--results_dir", default="./results", help="predict writes to <results_dir>/<dataset>/")
@@ -51,6 +63,27 @@ def build_parser():
                        help="replace an earlier run with the same configuration instead of refusing")
     extra.add_argument("--dry-run", dest="dry_run", action="store_true",
                        help="train one batch to check data and settings, save nothing")
+    extra.add_argument("--resume", action="store_true",
+                       help="continue the run these flags describe from its latest checkpoint")
+    extra.add_argument("--eval_every", type=int, default=None,
+                       help="during training, record the AUC every N epochs in the log and plot AUC and loss")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--roc_log", action="store_true", help="draw the ROC curve with a log-scale P_F axis")
+    evaluation.add_argument("--win_in", type=int, default=3, help="lrx: inner (guard) window, odd")
+    evaluation.add_argument("--win_out", type=int, default=15,
+                            help=f"lrx: outer window, odd; {LRX_BORDER_NOTE}")
+    evaluation.add_argument("--datasets", default=None,
+                            help="benchmark: comma-separated scenes; none means --dataset")
+    evaluation.add_argument("--seeds", default="1,2,3", help="benchmark: comma-separated BS3LNet seeds")
+    evaluation.add_argument("--methods", default="bs3lnet,rx,lrx", help="benchmark: comma-separated methods")
+    speed = parser.add_argument_group("speed and scale (opt-in)")
+    speed.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
+                       help="mixed precision for the network (fp16 on GPU only); off = faithful fp32")
+    speed.add_argument("--tf32", action="store_true", help="allow TF32 matrix maths on NVIDIA GPUs")
+    speed.add_argument("--patches_per_epoch", type=int, default=None,
+                       help="train on this many random patch centres per epoch instead of all H*W")
+    speed.add_argument("--tile", type=int, default=None,
+                       help="predict tile by tile, tiles of N x N pixels plus an automatic overlap")
     return parser
 
 
@@ -58,14 +91,22 @@ def main(argv=None):
     config = build_parser().parse_args(argv)
     try:
         if config.command == "train":
-            from train import train
             train(config)
-        else:
-            from predict import predict
+        elif config.command == "predict":
             predict(config)
+        elif config.command in ("rx", "lrx"):
+            detect_with_baseline(config, config.command)
+        else:
+            benchmark(config, shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)]))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as interruption:
+        if str(interruption):
+            print(str(interruption), file=sys.stderr)
+        return 130
+    finally:
+        distributed.cleanup()
     return 0
 
 

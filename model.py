@@ -1,11 +1,13 @@
-"""The BS3LNet network, and loading of checkpoints (ours, or the official code's `.pkl` state_dicts)."""
+"""The BS3LNet network, loading checkpoints (ours, or the official code's `.pkl` state_dicts), and
+applying it to a whole scene, optionally tile by tile."""
 import re
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from utils import UserError
+from utils import UserError, autocast
 
 NORMS = ("bnorm", "inorm")
 
@@ -51,6 +53,11 @@ class BS3LNet(nn.Module):
         self.decoder = conv3x3(nch_ker, nch_ker, bias=norm != "bnorm")
         self.decoder_norm = norm_layer(norm, nch_ker)
         self.head = conv3x3(nch_ker, bands, bias=True)
+
+    @property
+    def receptive_field_radius(self):
+        """Pixels each output sees on either side: one per 3x3 convolution (3 + 2 * nblk)."""
+        return 3 + 2 * self.args["nblk"]
 
     def forward(self, x):
         features = F.relu(self.encoder(x))
@@ -125,3 +132,30 @@ def load_checkpoint(path):
                         f"{str(error).splitlines()[0]}")
     checkpoint.update(model=state_dict, model_args=model_args)
     return net.eval(), checkpoint
+
+
+def reconstruct(net, hsi, device, tile=None, amp="off"):
+    """The network's H x W x B reconstruction of the H x W x B scene `hsi`, in eval mode.
+
+    With `tile`, the scene goes through in tiles of tile x tile output pixels, each cut with a margin
+    of the receptive-field radius, so memory is bounded by the tile. With BatchNorm in eval mode every
+    output pixel depends only on its receptive field, so the tiled result equals the whole-scene one
+    up to float rounding (reflect padding only ever happens at the scene's own borders, as before).
+    """
+    net = net.to(device).eval()
+    height, width, _ = hsi.shape
+    scene = torch.from_numpy(np.ascontiguousarray(hsi.transpose(2, 0, 1)))
+    if tile is None:
+        tile = max(height, width)
+    margin = net.receptive_field_radius
+    output = np.empty(hsi.shape, np.float32)
+    with torch.no_grad(), autocast(device, amp):
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                y0, x0 = max(top - margin, 0), max(left - margin, 0)
+                y1, x1 = min(bottom + margin, height), min(right + margin, width)
+                piece = net(scene[None, :, y0:y1, x0:x1].to(device))[0].float()
+                piece = piece[:, top - y0:top - y0 + bottom - top, left - x0:left - x0 + right - left]
+                output[top:bottom, left:right] = piece.permute(1, 2, 0).cpu().numpy()
+    return output

@@ -1,16 +1,19 @@
 """Prediction: reconstruct the whole scene, score each pixel by its reconstruction error, write results."""
 import json
 import os
+import shutil
+import sys
 import time
 
 import numpy as np
 import scipy.io
-import torch
 
 from dataset import load_scene
-from model import load_checkpoint
+from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_map, plot_roc, plot_roc_3d,
+                        plot_separation, rx)
+from model import load_checkpoint, reconstruct
 from train import checkpoint_path, run_directory, saved_epochs
-from utils import UserError, atomic_write, auc_score, detection_map, resolve_device
+from utils import UserError, atomic_write, detection_map, min_max, resolve_device, set_tf32
 
 
 def find_checkpoint(config):
@@ -27,94 +30,110 @@ def find_checkpoint(config):
     return path
 
 
-def reconstruct(net, hsi, device):
-    """Run the whole H x W x B scene through `net` in eval mode; returns the H x W x B reconstruction."""
-    scene = torch.from_numpy(np.ascontiguousarray(hsi.transpose(2, 0, 1)))[None].to(device)
-    with torch.no_grad():
-        output = net.to(device).eval()(scene)
-    return output[0].permute(1, 2, 0).cpu().numpy()
+def write_results(config, folder, method, score_map, gt, arrays=None, info=None):
+    """Write a method's score map, figures and metrics.json; returns the metrics.
+
+    Files go to <results_dir>/<dataset>/<folder>/ (one folder per configuration) and are copied to
+    <results_dir>/<dataset>/, which so always holds the latest results.
+    """
+    latest_dir = os.path.join(config.results_dir, config.dataset)
+    out_dir = os.path.join(latest_dir, folder)
+    if os.path.exists(os.path.join(out_dir, "metrics.json")):
+        print(f"replacing the earlier results of this configuration in {out_dir}")
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+
+    def output(name, write):
+        atomic_write(os.path.join(out_dir, name), write)
+        written.append(name)
+
+    output("detectmap.mat", lambda tmp: scipy.io.savemat(tmp, {"detectmap": score_map}))
+    for name, (key, value) in (arrays or {}).items():
+        output(name, lambda tmp, key=key, value=value: scipy.io.savemat(tmp, {key: value}))
+    metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=None, metrics_3d=None, **(info or {}))
+    if gt is None:
+        metrics["auc_note"] = "AUC undefined: the scene file has no ground-truth map"
+    elif gt.sum() in (0, gt.size):
+        metrics["auc_note"] = f"AUC undefined: the map has {'no anomaly' if gt.sum() == 0 else 'no background'} pixel"
+    else:
+        metrics["metrics_3d"] = metrics_3d(gt, score_map)
+        metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
+    title = f"{config.dataset}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
+    figures = {"detectmap.png": lambda path: plot_detection_map(path, score_map, gt, title)}
+    if metrics["auc"] is not None:
+        curves = {method: (gt, score_map)}
+        figures.update({
+            "roc.png": lambda path: plot_roc(path, curves, log_pf=config.roc_log, title=f"{config.dataset}: ROC"),
+            "roc3d.png": lambda path: plot_roc_3d(path, curves, title=f"{config.dataset}: 3D ROC"),
+            "separation.png": lambda path: plot_separation(path, {method: score_map}, gt,
+                                                           title=f"{config.dataset}: score separation")})
+    for name, plot in figures.items():  # each plot writes its file atomically
+        plot(os.path.join(out_dir, name))
+        written.append(name)
+    metrics["results"] = os.path.abspath(out_dir)
+    output("metrics.json", lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=2) + "\n"))
+    for name in written:
+        atomic_write(os.path.join(latest_dir, name), lambda tmp, name=name: shutil.copyfile(
+            os.path.join(out_dir, name), tmp))
+    for stale in ("roc.png", "roc3d.png", "separation.png"):  # a map-less run leaves no old curves behind
+        if stale not in written and os.path.exists(os.path.join(latest_dir, stale)):
+            os.remove(os.path.join(latest_dir, stale))
+    if metrics["auc"] is None:
+        print(metrics["auc_note"])
+    else:
+        print(format_metrics_table(metrics["metrics_3d"]))
+        print(f"AUC: {metrics['auc']:.4f}")
+    print(f"results in {out_dir} (and {latest_dir})")
+    return metrics
 
 
-def auc_or_reason(gt, score_map):
-    """(AUC, None), or (None, why) when the map lacks anomalies or background."""
-    anomalies = int(gt.sum())
-    if anomalies == 0 or anomalies == gt.size:
-        return None, f"AUC undefined: the map has {'no anomaly' if anomalies == 0 else 'no background'} pixel"
-    return auc_score(gt, score_map), None
-
-
-def save_map_figure(path, score_map, gt, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), constrained_layout=True)
-    shown = axes[0].imshow(score_map, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
-    axes[0].set_title(title)
-    fig.colorbar(shown, ax=axes[0], fraction=0.046, pad=0.04)
-    axes[1].imshow(gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes[1].set_title(f"ground truth ({int(gt.sum())} anomaly pixels)")
-    for axis in axes:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
-    plt.close(fig)
-
-
-def save_roc_figure(path, score_map, gt, auc, label, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-    false_alarm, detection, _ = roc_curve(gt.ravel(), score_map.ravel())
-    fig, axis = plt.subplots(figsize=(4.8, 4.2), constrained_layout=True)
-    axis.plot(false_alarm, detection, lw=2, label=f"{label} (AUC = {auc:.4f})")
-    axis.plot([0, 1], [0, 1], color="gray", lw=1, ls="--")
-    axis.set(xlabel="false alarm rate $P_F$", ylabel="detection probability $P_D$", xlim=(0, 1), ylim=(0, 1.01),
-             title=title)
-    axis.legend(loc="lower right")
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
-    plt.close(fig)
+def scene_info(hsi, gt):
+    return dict(height=hsi.shape[0], width=hsi.shape[1], bands=hsi.shape[2],
+                anomaly_pixels=None if gt is None else int(gt.sum()))
 
 
 def predict(config):
     """Score every pixel of `config.dataset` with a trained BS3LNet; returns the metrics dict."""
     device = resolve_device(config.device, config.gpu_ids)
     print(f"device: {device}")
+    set_tf32(config.tf32)
+    if config.tile is not None and config.tile < 1:
+        raise UserError("--tile must be at least 1 pixel")
     path = find_checkpoint(config)
     started = time.perf_counter()
     net, checkpoint = load_checkpoint(path)
-    hsi, gt = load_scene(config.data_dir, config.dataset)
+    hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
     if hsi.shape[2] != net.args["bands"]:
         raise UserError(f"checkpoint {path} was trained on {net.args['bands']} bands but {config.dataset} has "
                         f"{hsi.shape[2]}: use a checkpoint trained on this scene")
+    if config.tile is not None and net.args["norm"] == "inorm":
+        print("warning: --tile with an InstanceNorm network: each tile is normalised by its own statistics, "
+              "so the tiled map differs from the whole-scene map; leave --tile out if memory allows", file=sys.stderr)
     loaded = time.perf_counter()
-    reconstructed = reconstruct(net, hsi, device)
+    reconstructed = reconstruct(net, hsi, device, config.tile, config.amp)
     inferred = time.perf_counter()
     score_map = detection_map(hsi, reconstructed)
-    auc, auc_note = auc_or_reason(gt, score_map)
+    if config.checkpoint:
+        folder = "checkpoint_" + os.path.splitext(os.path.basename(config.checkpoint))[0]
+    else:
+        folder = os.path.join(os.path.basename(run_directory(config)), f"epoch_{config.epochs:04d}")
+    info = dict(checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"), model_args=net.args,
+                train_config=checkpoint.get("config"), predict_config=vars(config), device=str(device),
+                scene=scene_info(hsi, gt),
+                seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4)))
+    return write_results(config, folder, "BS3LNet", score_map, gt,
+                         {"reconstructed_data.mat": ("reconstructed_data", reconstructed)}, info)
 
-    out_dir = os.path.join(config.results_dir, config.dataset)
-    if os.path.exists(os.path.join(out_dir, "metrics.json")):
-        print(f"replacing the earlier results in {out_dir}")
-    os.makedirs(out_dir, exist_ok=True)
-    atomic_write(os.path.join(out_dir, "detectmap.mat"),
-                 lambda tmp: scipy.io.savemat(tmp, {"detectmap": score_map}))
-    atomic_write(os.path.join(out_dir, "reconstructed_data.mat"),
-                 lambda tmp: scipy.io.savemat(tmp, {"reconstructed_data": reconstructed}))
-    title = f"{config.dataset}: BS3LNet detection map" + (f", AUC {auc:.4f}" if auc is not None else "")
-    save_map_figure(os.path.join(out_dir, "detectmap.png"), score_map, gt, title)
-    if auc is not None:
-        save_roc_figure(os.path.join(out_dir, "roc.png"), score_map, gt, auc, "BS3LNet",
-                        f"{config.dataset}: ROC curve")
-    metrics = dict(
-        dataset=config.dataset, auc=auc, auc_note=auc_note, checkpoint=os.path.abspath(path),
-        epoch=checkpoint.get("epoch"), model_args=net.args, train_config=checkpoint.get("config"),
-        predict_config=vars(config), device=str(device),
-        scene=dict(height=hsi.shape[0], width=hsi.shape[1], bands=hsi.shape[2], anomaly_pixels=int(gt.sum())),
-        seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4),
-                     total=round(time.perf_counter() - started, 4)))
-    atomic_write(os.path.join(out_dir, "metrics.json"),
-                 lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=2) + "\n"))
-    print(f"AUC: {auc:.4f}" if auc is not None else auc_note)
-    print(f"inference {metrics['seconds']['inference']:.2f} s; results in {out_dir}")
-    return metrics
+
+def detect_with_baseline(config, method):
+    """Global RX (`rx`) or dual-window local RX (`lrx`) on `config.dataset`; writes what `predict` writes."""
+    hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
+    started = time.perf_counter()
+    if method == "rx":
+        scores, folder, label = rx(hsi), "rx", "RX"
+    else:
+        scores = lrx(hsi, config.win_in, config.win_out)
+        folder, label = f"lrx_{config.win_in}_{config.win_out}", f"LRX {config.win_in}/{config.win_out}"
+    info = dict(predict_config=vars(config), scene=scene_info(hsi, gt),
+                seconds=dict(inference=round(time.perf_counter() - started, 4)))
+    return write_results(config, folder, label, min_max(scores).astype(np.float32), gt, None, info)

@@ -65,13 +65,18 @@ def init_weights(net, init_type="normal", gain=0.02):
     net.apply(init_module)
 
 
+def min_max(scores):
+    """Scale a score map to [0, 1]; a constant map (no ranking) becomes zeros."""
+    low, high = scores.min(), scores.max()
+    if high == low:
+        return np.zeros_like(scores)
+    return (scores - low) / (high - low)
+
+
 def detection_map(hsi, reconstructed):
     """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1]."""
     error = np.mean((np.asarray(hsi, np.float32) - np.asarray(reconstructed, np.float32)) ** 2, axis=2)
-    low, high = error.min(), error.max()
-    if high == low:  # a constant map carries no ranking; keep it finite
-        return np.zeros_like(error)
-    return (error - low) / (high - low)
+    return min_max(error)
 
 
 def auc_score(gt_map, score_map):
@@ -94,3 +99,15 @@ def atomic_write(path, write):
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+
+
+def set_tf32(enabled):
+    """TF32 matrix maths on Ampere+ GPUs: off by default (faithful fp32; torch enables it for cuDNN)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def autocast(device, amp):
+    """Mixed-precision context for `--amp off|bf16|fp16` on `device` (a no-op for off)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)

@@ -20,7 +20,7 @@ sys.path.insert(0, ROOT)
 
 from dataset import load_scene  # noqa: E402
 from main import build_parser  # noqa: E402
-from predict import reconstruct  # noqa: E402
+from model import reconstruct  # noqa: E402
 from train import train  # noqa: E402
 from utils import auc_score, detection_map  # noqa: E402
 

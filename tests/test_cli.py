@@ -79,8 +79,11 @@ def write_mat(folder, name, arrays):
 
 @pytest.mark.parametrize("name, arrays, message", [
     ("absent", None, "not found"),
-    ("nodata", {"cube": np.zeros((4, 4, 3)), "map": np.zeros((4, 4))}, "keys present: cube, map"),
-    ("nomap", {"data": np.zeros((8, 8, 3)), "truth": np.zeros((8, 8))}, "keys present: data, truth"),
+    ("nodata", {"cube2d": np.zeros((4, 4)), "map": np.zeros((4, 4))}, "keys present: cube2d, map"),
+    ("twomaps", {"data": np.zeros((8, 8, 3)), "truth": np.zeros((8, 8)), "gt": np.zeros((8, 8))},
+     "pick one with --gt_key"),
+    ("twoscenes", {"data": np.zeros((8, 8, 3)), "cube": np.zeros((8, 8, 3)), "map": np.zeros((8, 8))},
+     "pick one with --data_key"),
     ("flat", {"data": np.zeros((8, 8)), "map": np.zeros((8, 8))}, "H x W x bands"),
     ("mismatch", {"data": np.zeros((8, 8, 3)), "map": np.zeros((8, 7))}, "must be H x W like the scene"),
     ("graded", {"data": np.zeros((8, 8, 3)), "map": np.full((8, 8), 0.5)}, "values other than 0 and 1"),
@@ -110,7 +113,7 @@ def test_existing_run_is_not_overwritten(scene_dir, capsys):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "train", *flags]) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    assert "--overwrite to replace it" in capsys.readouterr().err
     assert main(["--command", "predict", *cli_flags(scene_dir, "tiny", "--epochs", "3")]) == 2
     assert "it has epochs 1" in capsys.readouterr().err
 

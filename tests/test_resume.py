@@ -1,0 +1,111 @@
+import os
+
+import pytest
+import torch
+
+import train as train_module
+from conftest import cli_flags, run_cli
+from main import build_parser, main
+from train import Interrupted, checkpoint_path, run_directory, saved_epochs, train
+
+STEPS_PER_EPOCH = 4  # tiny scene: 120 patches in batches of 32
+
+
+def config_for(folder, *extra):
+    return build_parser().parse_args(cli_flags(folder, "tiny", *extra))
+
+
+def interrupt_at(monkeypatch, call):
+    """Make the call-th loss evaluation raise KeyboardInterrupt, as Ctrl-C would."""
+    calls = []
+    real = train_module.masked_loss
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train_module, "masked_loss", loss)
+
+
+@pytest.mark.parametrize("remask", [False, True])
+def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(scene_dir, tmp_path, monkeypatch, remask):
+    extra = ["--epochs", "4", "--save_freq", "10"] + (["--remask"] if remask else [])
+    straight = config_for(scene_dir, *extra)
+    expected_losses = train(straight)
+    expected = torch.load(checkpoint_path(run_directory(straight), 4), weights_only=True)
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tiny.mat").write_bytes((scene_dir / "tiny.mat").read_bytes())
+    interrupted = config_for(other, *extra)
+    interrupt_at(monkeypatch, 2 * STEPS_PER_EPOCH + 2)  # second step of epoch 3
+    with pytest.raises(Interrupted, match="epoch 2 is saved"):
+        train(interrupted)
+    assert saved_epochs(run_directory(interrupted)) == [2]  # saved on Ctrl-C although save_freq is 10
+    monkeypatch.undo()
+    resumed_losses = train(config_for(other, *extra, "--resume"))
+    resumed = torch.load(checkpoint_path(run_directory(interrupted), 4), weights_only=True)
+
+    assert resumed_losses == expected_losses
+    assert all(torch.equal(expected["model"][k], resumed["model"][k]) for k in expected["model"])
+    for a, b in zip(expected["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    log = open(os.path.join(run_directory(interrupted), "train_log.tsv")).read().splitlines()
+    assert [line.split("\t")[0] for line in log if line[:1].isdigit()] == ["1", "2", "3", "4"]
+
+
+def test_resume_extends_a_finished_run(scene_dir):
+    first = train(config_for(scene_dir, "--epochs", "2"))
+    more = train(config_for(scene_dir, "--epochs", "3", "--resume"))
+    assert more[:2] == first and len(more) == 3
+    assert saved_epochs(run_directory(config_for(scene_dir))) == [2, 3]
+
+
+def test_resume_without_a_checkpoint_is_a_user_error(scene_dir, capsys):
+    assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "2", "--resume")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_ctrl_c_before_the_first_epoch_leaves_nothing(scene_dir, monkeypatch):
+    interrupt_at(monkeypatch, 1)
+    config = config_for(scene_dir, "--epochs", "2")
+    with pytest.raises(Interrupted, match="nothing saved"):
+        train(config)
+    assert not os.listdir(run_directory(config))
+    monkeypatch.undo()
+    assert len(train(config)) == 2  # the same command works again, no --overwrite needed
+
+
+def test_ctrl_c_exit_message_from_the_command_line(scene_dir, monkeypatch, capsys):
+    interrupt_at(monkeypatch, STEPS_PER_EPOCH + 1)
+    assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "3")]) == 130
+    err = capsys.readouterr().err
+    assert "epoch 1 is saved" in err and "--resume" in err
+
+
+def test_sigint_in_a_real_process_saves_and_exits_cleanly(scene_dir):
+    """A real SIGINT to a running `main.py train`: exit status 130, no traceback, a resumable checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "100000", "--save_freq", "100000")
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", *flags],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = run_directory(config_for(scene_dir))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.5)
+        log = os.path.join(run_dir, "train_log.tsv")
+        if os.path.exists(log) and sum(line[:1].isdigit() for line in open(log)) >= 2:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    assert len(saved_epochs(run_dir)) == 1
+    resumed = run_cli("--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", str(saved_epochs(run_dir)[0] + 1),
+                                                        "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
