@@ -303,11 +303,13 @@ def plot_detection_map(path, score_map, gt, title):
 def plot_training_curve(path, losses, aucs, title):
     """Write a PNG of the training loss per epoch and, on a second axis, the recorded AUCs {epoch: auc}."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     fig, loss_axis = plt.subplots(figsize=(6, 4), constrained_layout=True)
     loss_axis.plot(range(1, len(losses) + 1), losses, color="C0", label="training loss")
     loss_axis.set(xlabel="epoch", ylabel="mean training loss", title=f"{title}: training")
     loss_axis.set_yscale("log")
     loss_axis.grid(True, alpha=0.5)
+    loss_axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     auc_axis = loss_axis.twinx()
     epochs = sorted(aucs)
     auc_axis.plot(epochs, [aucs[e] for e in epochs], color="C3", marker="o", markersize=3, label="AUC(D,F)")

@@ -1,0 +1,113 @@
+"""The evaluation commands and options end to end: rx, lrx, benchmark, --eval_every, results folders."""
+import csv
+import json
+import os
+
+import numpy as np
+import scipy.io
+
+from conftest import cli_flags, tiny_scene
+from main import main
+
+FIGURES = ("detectmap.png", "roc.png", "roc3d.png", "separation.png")
+
+
+def test_rx_and_lrx_write_what_predict_writes(scene_dir, capsys):
+    assert main(["--command", "rx", *cli_flags(scene_dir)]) == 0
+    assert main(["--command", "lrx", "--win_in", "1", "--win_out", "5", *cli_flags(scene_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("AUC: ") == 2 and "AUC_SNPR" in out
+    for folder in ("rx", "lrx_1_5"):
+        results = scene_dir / "results" / "tiny" / folder
+        metrics = json.loads((results / "metrics.json").read_text())
+        assert 0 <= metrics["auc"] <= 1 and metrics["metrics_3d"]["AUC(D,F)"] == metrics["auc"]
+        assert scipy.io.loadmat(results / "detectmap.mat")["detectmap"].shape == (12, 10)
+        assert all((results / name).stat().st_size > 0 for name in FIGURES)
+    # the plain results folder holds the latest run's files
+    latest = json.loads((scene_dir / "results" / "tiny" / "metrics.json").read_text())
+    assert latest["method"] == "LRX 1/5"
+
+
+def test_lrx_window_errors_are_user_errors(scene_dir, capsys):
+    assert main(["--command", "lrx", "--win_in", "4", "--win_out", "7", *cli_flags(scene_dir)]) == 2
+    assert "odd" in capsys.readouterr().err
+
+
+def test_roc_log_option(scene_dir):
+    assert main(["--command", "rx", "--roc_log", *cli_flags(scene_dir)]) == 0
+    assert (scene_dir / "results" / "tiny" / "rx" / "roc.png").exists()
+
+
+def test_predict_results_are_kept_per_configuration(scene_dir):
+    for seed in ("1", "2"):
+        flags = cli_flags(scene_dir, "tiny", "--epochs", "1", "--seed", seed)
+        assert main(["--command", "train", *flags]) == 0
+        assert main(["--command", "predict", *flags]) == 0
+    runs = sorted(p.name for p in (scene_dir / "results" / "tiny").iterdir() if p.is_dir())
+    assert len(runs) == 2 and runs[0].endswith("seed1") and runs[1].endswith("seed2")
+    for run in runs:
+        metrics = json.loads((scene_dir / "results" / "tiny" / run / "epoch_0001" / "metrics.json").read_text())
+        assert metrics["train_config"]["seed"] == int(run[-1])
+    latest = json.loads((scene_dir / "results" / "tiny" / "metrics.json").read_text())
+    assert latest["train_config"]["seed"] == 2
+
+
+def test_eval_every_records_auc_and_draws_the_curve(scene_dir):
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "4", "--eval_every", "2")
+    assert main(["--command", "train", *flags]) == 0
+    run = next((scene_dir / "checkpoints" / "tiny").iterdir())
+    rows = [line.rstrip("\n").split("\t") for line in open(run / "train_log.tsv") if line[:1].isdigit()]
+    assert [r[3] != "" for r in rows] == [False, True, False, True]
+    assert all(0 <= float(r[3]) <= 1 for r in rows if r[3])
+    assert (run / "training_curve.png").stat().st_size > 0
+
+
+def test_scene_without_map_writes_maps_without_auc(tmp_path, capsys):
+    hsi, _ = tiny_scene()
+    scipy.io.savemat(tmp_path / "nomap.mat", {"data": hsi})
+    flags = cli_flags(tmp_path, "nomap", "--epochs", "1", "--eval_every", "1")
+    assert main(["--command", "train", *flags]) == 0
+    assert main(["--command", "predict", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "no ground-truth map" in out and "AUC: " not in out
+    results = tmp_path / "results" / "nomap"
+    assert json.loads((results / "metrics.json").read_text())["auc"] is None
+    assert (results / "detectmap.png").exists() and not (results / "roc.png").exists()
+
+
+def test_benchmark_reports_every_scene_and_goes_on_after_a_failure(scene_dir, capsys):
+    hsi, gt = tiny_scene(seed=1)
+    scipy.io.savemat(scene_dir / "tiny2.mat", {"data": hsi, "map": gt})
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "1", "--win_in", "1", "--win_out", "3")
+    code = main(["--command", "benchmark", "--datasets", "tiny,missing,tiny2", "--seeds", "1,2",
+                 "--methods", "bs3lnet,rx,lrx", *flags])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "[1/12] tiny: bs3lnet, seed 1" in out
+    table = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
+    assert "| missing | bs3lnet | failed: scene file" in table
+    assert table.count("**") >= 4  # a best method in bold for each scene that ran
+    with open(scene_dir / "results" / "benchmark" / "benchmark.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 9
+    tiny = {r["method"]: r for r in rows if r["dataset"] == "tiny"}
+    assert tiny["bs3lnet"]["runs"] == "2" and tiny["rx"]["runs"] == "1"
+    assert float(tiny["bs3lnet"]["auc_std"]) >= 0 and float(tiny["bs3lnet"]["train_seconds"]) > 0
+    assert all(0 <= float(tiny[m]["auc"]) <= 1 for m in tiny)
+    # a second benchmark reuses the trained runs instead of refusing or retraining them
+    assert main(["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet",
+                 *flags]) == 0
+    assert "reusing the trained run" in capsys.readouterr().out
+
+
+def test_benchmark_rejects_unknown_methods(scene_dir, capsys):
+    assert main(["--command", "benchmark", "--methods", "rx,svm", *cli_flags(scene_dir)]) == 2
+    assert "unknown --methods svm" in capsys.readouterr().err
+
+
+def test_metrics_json_has_the_3d_metrics(scene_dir):
+    assert main(["--command", "rx", *cli_flags(scene_dir)]) == 0
+    metrics = json.loads((scene_dir / "results" / "tiny" / "metrics.json").read_text())
+    m = metrics["metrics_3d"]
+    assert np.isclose(m["AUC_OD"], m["AUC(D,F)"] + m["AUC(D,tau)"] - m["AUC(F,tau)"])
+    assert os.path.isdir(metrics["results"])
