@@ -49,7 +49,9 @@ def build_parser():
                        help="name of the ground-truth map in the .mat file (found automatically when unambiguous)")
     extra.add_argument("--checkpoints_dir", default="./checkpoints",
                        help="runs are saved in <checkpoints_dir>/<dataset>/<configuration>/")
-    extra.add_argument("--results_dir", default="./results", help="predict writes to <results_dir>/<dataset>/")
+    extra.add_argument("--results_dir", default="./results",
+                       help="results go to <results_dir>/<dataset>/<configuration>/, the latest also to "
+                            "<results_dir>/<dataset>/")
     extra.add_argument("--checkpoint", default=None,
                        help="predict from this file (ours, or an official BS3LNet .pkl state_dict) instead of "
                             "the run the flags describe")
@@ -71,7 +73,7 @@ def build_parser():
     evaluation.add_argument("--roc_log", action="store_true", help="draw the ROC curve with a log-scale P_F axis")
     evaluation.add_argument("--win_in", type=int, default=3, help="lrx: inner (guard) window, odd")
     evaluation.add_argument("--win_out", type=int, default=15,
-                            help=f"lrx: outer window, odd; {LRX_BORDER_NOTE}")
+                            help=f"lrx: outer window, odd. {LRX_BORDER_NOTE}")
     evaluation.add_argument("--datasets", default=None,
                             help="benchmark: comma-separated scenes; none means --dataset")
     evaluation.add_argument("--seeds", default="1,2,3", help="benchmark: comma-separated BS3LNet seeds")
@@ -83,7 +85,8 @@ def build_parser():
     speed.add_argument("--patches_per_epoch", type=int, default=None,
                        help="train on this many random patch centres per epoch instead of all H*W")
     speed.add_argument("--tile", type=int, default=None,
-                       help="predict tile by tile, tiles of N x N pixels plus an automatic overlap")
+                       help="predict tile by tile: N x N pixels plus a margin of the receptive-field "
+                            "radius (3 + 2*nblk); same map with bnorm, memory bounded by the tile")
     return parser
 
 

@@ -142,7 +142,7 @@ def reconstruct(net, hsi, device, tile=None, amp="off"):
     output pixel depends only on its receptive field, so the tiled result equals the whole-scene one
     up to float rounding (reflect padding only ever happens at the scene's own borders, as before).
     """
-    net = net.to(device).eval()
+    net = net.to(device, memory_format=torch.channels_last).eval()
     height, width, _ = hsi.shape
     scene = torch.from_numpy(np.ascontiguousarray(hsi.transpose(2, 0, 1)))
     if tile is None:
@@ -155,7 +155,8 @@ def reconstruct(net, hsi, device, tile=None, amp="off"):
                 bottom, right = min(top + tile, height), min(left + tile, width)
                 y0, x0 = max(top - margin, 0), max(left - margin, 0)
                 y1, x1 = min(bottom + margin, height), min(right + margin, width)
-                piece = net(scene[None, :, y0:y1, x0:x1].to(device))[0].float()
+                window = scene[None, :, y0:y1, x0:x1].to(device).contiguous(memory_format=torch.channels_last)
+                piece = net(window)[0].float()
                 piece = piece[:, top - y0:top - y0 + bottom - top, left - x0:left - x0 + right - left]
                 output[top:bottom, left:right] = piece.permute(1, 2, 0).cpu().numpy()
     return output

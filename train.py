@@ -237,7 +237,9 @@ def train(config, after_epoch=None):
                       order=torch.Generator().manual_seed(config.seed + ORDER_SEED_OFFSET))
     net = BS3LNet(sampler.bands, config.nch_ker, config.nblk, config.norm_mode)
     init_weights(net, config.init_weight_type, config.init_gain)
-    net.to(device)
+    # The sampler's patches are laid out channels-last already; with the weights in the same layout the
+    # CPU convolutions ran 15 % faster (bench/cpu_variants.py), with results equal up to float rounding.
+    net.to(device, memory_format=torch.channels_last)
     if world > 1:
         distributed.synchronise_batch_norm(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate, betas=(0.5, 0.999),
