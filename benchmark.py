@@ -9,7 +9,7 @@ import numpy as np
 
 from predict import detect_with_baseline, predict
 from train import LOG_NAME, checkpoint_path, run_directory, train
-from utils import UserError, atomic_write
+from utils import UserError, atomic_write_text
 
 METHODS = ("bs3lnet", "rx", "lrx")
 
@@ -122,8 +122,8 @@ def benchmark(config, command_line):
             "the official AUC; RX and LRX are deterministic (one run). Best AUC(D,F) per scene in bold.")
     out_dir = os.path.join(config.results_dir, "benchmark")
     table = markdown_table(summary, datasets, methods, note)
-    atomic_write(os.path.join(out_dir, "benchmark.md"), lambda tmp: open(tmp, "w").write(table))
-    atomic_write(os.path.join(out_dir, "benchmark.csv"), lambda tmp: open(tmp, "w").write(csv_table(summary)))
+    atomic_write_text(os.path.join(out_dir, "benchmark.md"), table)
+    atomic_write_text(os.path.join(out_dir, "benchmark.csv"), csv_table(summary))
     print("\n" + table)
     print(f"tables in {out_dir}")
     return summary

@@ -315,6 +315,11 @@ class BlindSpotSampler:
         offsets = (within[:, None] * padded_width + within[None, :]).ravel()
         self.patch_offsets = torch.from_numpy(offsets).to(self.device)
         self.identity = torch.arange(patch * patch, device=self.device)
+        window = range(self.offset_low, self.offset_high)
+        offsets = torch.tensor([(dy, dx) for dy in window for dx in window if (dy, dx) != (0, 0)])
+        position = torch.arange(patch * patch)[:, None]
+        target_row, target_col = position.div(patch, rounding_mode="floor"), position % patch
+        self.source_table = ((target_row + offsets[:, 0]) % patch) * patch + (target_col + offsets[:, 1]) % patch
 
     def scene(self):
         """The unpadded H x W x B scene: a view of the padded copy, so no second copy is kept."""
@@ -343,13 +348,10 @@ class BlindSpotSampler:
         others += (others >= centre).long()  # uniform over the patch without the centre, with replacement
         targets = torch.cat([torch.full((num_patches, 1), centre), others], dim=1)
         # Redrawing (0, 0) until it is not, as the official code does, is the same as drawing uniformly
-        # among the other w*w - 1 offsets of the window: draw that index and skip the (0, 0) slot.
-        side = self.offset_high - self.offset_low
-        zero_slot = -self.offset_low * side - self.offset_low
-        slot = torch.randint(0, side * side - 1, (num_patches, n), generator=generator)
-        slot += (slot >= zero_slot).long()
-        dy, dx = slot // side + self.offset_low, slot % side + self.offset_low
-        sources = ((targets // p + dy) % p) * p + (targets % p + dx) % p
+        # among the window's other w*w - 1 offsets (row-major order); the source of target t under offset
+        # k, wrapped inside the patch, is looked up in a (p*p, w*w - 1) table.
+        slot = torch.randint(0, self.source_table.shape[1], (num_patches, n), generator=generator)
+        sources = self.source_table[targets, slot]
         # A target drawn twice keeps its last draw's source (numpy's fancy assignment does the same);
         # giving every duplicate that source makes the later scatter independent of write order.
         last_draw = torch.full((num_patches, p * p), -1)

@@ -3,7 +3,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from sklearn.metrics import roc_curve
 from threadpoolctl import threadpool_limits
 
 from utils import UserError, atomic_write, auc_score, min_max
@@ -165,6 +164,7 @@ def roc_points(gt, score_map):
     Every distinct score is a threshold, so P_D and P_F are exact step functions of tau. The first point
     (P_D = P_F = 0) is sklearn's threshold above every score, placed at tau = 1.
     """
+    from sklearn.metrics import roc_curve  # imported here: training need not pay for scikit-learn
     labels, scores = _labelled_scores(gt, score_map)
     false_alarm, detection, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     return np.minimum(thresholds, 1.0), detection, false_alarm

@@ -13,7 +13,10 @@ from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_ma
                         plot_separation, rx)
 from model import load_checkpoint, reconstruct
 from train import checkpoint_path, run_directory, saved_epochs
-from utils import UserError, atomic_write, detection_map, min_max, resolve_device, set_tf32
+from utils import UserError, atomic_write, atomic_write_text, detection_map, min_max, resolve_device, set_tf32
+
+RESULT_FILES = ("detectmap.mat", "reconstructed_data.mat", "detectmap.png", "roc.png", "roc3d.png",
+                "separation.png", "metrics.json")
 
 
 def find_checkpoint(config):
@@ -71,12 +74,13 @@ def write_results(config, folder, method, score_map, gt, arrays=None, info=None)
         plot(os.path.join(out_dir, name))
         written.append(name)
     metrics["results"] = os.path.abspath(out_dir)
-    output("metrics.json", lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=2) + "\n"))
+    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+    written.append("metrics.json")
     for name in written:
         atomic_write(os.path.join(latest_dir, name), lambda tmp, name=name: shutil.copyfile(
             os.path.join(out_dir, name), tmp))
-    for stale in ("roc.png", "roc3d.png", "separation.png"):  # a map-less run leaves no old curves behind
-        if stale not in written and os.path.exists(os.path.join(latest_dir, stale)):
+    for stale in set(RESULT_FILES) - set(written):  # the latest folder holds one method's files, no mixture
+        if os.path.exists(os.path.join(latest_dir, stale)):
             os.remove(os.path.join(latest_dir, stale))
     if metrics["auc"] is None:
         print(metrics["auc_note"])
@@ -103,6 +107,12 @@ def predict(config):
     started = time.perf_counter()
     net, checkpoint = load_checkpoint(path)
     hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
+    flags = dict(nch_ker=config.nch_ker, nblk=config.nblk, norm=config.norm_mode)
+    trained = {key: net.args[key] for key in flags}
+    if trained != flags:
+        describe = lambda args: ", ".join(f"{k}={v}" for k, v in args.items())  # noqa: E731
+        raise UserError(f"checkpoint {path} holds a network with {describe(trained)} but the flags say "
+                        f"{describe(flags)}: pass the flags it was trained with (--nch_ker, --nblk, --norm_mode)")
     if hsi.shape[2] != net.args["bands"]:
         raise UserError(f"checkpoint {path} was trained on {net.args['bands']} bands but {config.dataset} has "
                         f"{hsi.shape[2]}: use a checkpoint trained on this scene")

@@ -17,8 +17,8 @@ import distributed
 from dataset import BlindSpotSampler, load_scene
 from evaluation import plot_training_curve
 from model import BS3LNet, reconstruct
-from utils import (UserError, atomic_write, auc_score, autocast, detection_map, init_weights, seed_everything,
-                   set_tf32)
+from utils import (UserError, atomic_write, atomic_write_text, auc_score, autocast, detection_map, init_weights,
+                   seed_everything, set_tf32)
 
 CURVE_NAME = "training_curve.png"
 
@@ -59,9 +59,10 @@ def masked_loss(output, label, mask, kind="l1"):
     """Mean over all N*B*p*p elements of |out - label| (or its square) at masked positions (mask == 0).
 
     The sum over masked entries is divided by the total element count, not the masked count, as in
-    the official code.
+    the official code. (out - label) * (1 - mask) equals the official out * (1 - mask) - label * (1 - mask)
+    exactly for a 0/1 mask, with one full-size temporary fewer.
     """
-    difference = output * (1 - mask) - label * (1 - mask)
+    difference = (output - label).mul_(1 - mask)
     return difference.abs().mean() if kind == "l1" else difference.square().mean()
 
 
@@ -176,7 +177,7 @@ def trim_log(log_path, last_epoch):
         lines = log.read().splitlines()
     kept = [line for line in lines if not line[:1].isdigit() or int(line.split("\t")[0]) <= last_epoch]
     kept.append(f"# resumed after epoch {last_epoch}")
-    atomic_write(log_path, lambda tmp: open(tmp, "w").write("\n".join(kept) + "\n"))
+    atomic_write_text(log_path, "\n".join(kept) + "\n")
 
 
 def validate(config):
@@ -249,7 +250,11 @@ def train(config, after_epoch=None):
     scene_auc = auc_tracker(config, sampler, gt) if is_main and not config.dry_run else None
     if config.resume and not config.dry_run:
         state = resume_state(run_dir)
-        net.load_state_dict(state["model"])
+        try:
+            net.load_state_dict(state["model"])
+        except RuntimeError:
+            raise UserError(f"the checkpoint in {run_dir} does not fit this scene's {sampler.bands} bands: was "
+                            f"{config.dataset}.mat replaced? Resume with the scene it was trained on") from None
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         restore_random_states(state["random_states"])
@@ -307,9 +312,8 @@ def train(config, after_epoch=None):
                     log_file.write(f"{epoch}\t{loss:.6f}\t{seconds:.2f}\t{auc}\n")
                 print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s"
                       + (f"  AUC {auc}" if auc else ""))
-                if epoch in aucs:
-                    curve = os.path.join(run_dir, CURVE_NAME)
-                    atomic_write(curve, lambda tmp: plot_training_curve(tmp, losses, aucs, config.dataset))
+                if epoch in aucs:  # redrawn at each evaluation, so an interrupted run has its curve too
+                    plot_training_curve(os.path.join(run_dir, CURVE_NAME), losses, aucs, config.dataset)
                 if epoch % config.save_freq == 0 or epoch == config.epochs:
                     save_checkpoint(checkpoint_path(run_dir, epoch), snapshot)
                     saved_epoch = epoch

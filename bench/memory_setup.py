@@ -1,10 +1,11 @@
-"""Peak memory and set-up time of training on a real scene (one training step, nothing saved).
+"""Peak memory and set-up time of training on a real scene (ten training steps).
 
     python bench/memory_setup.py [--scene ../shared/data/sandiego-100x100x189-58px.mat]
 
-Runs `main.py --command train --dry-run` in a child process with the default (official) flags and
-reports the child's peak resident memory and the set-up time it prints (scene loaded, masks drawn,
-network built), with the command line used.
+Runs `main.py --command train --epochs 1 --patches_per_epoch 1000` (ten steps of the default,
+official flags otherwise) in a child process, in a temporary checkpoints folder, and reports the
+child's peak resident memory and the set-up time it prints (scene loaded, masks drawn for all
+patches, network built), with the command line used.
 """
 import argparse
 import os
@@ -12,6 +13,7 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,8 +25,9 @@ def main():
     parser.add_argument("--scene", default=DEFAULT_SCENE, help="a .mat file with data and map")
     args = parser.parse_args()
     data_dir, name = os.path.split(os.path.abspath(args.scene))
-    command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--dry-run", "--device", "cpu",
-               "--data_dir", data_dir, "--dataset", os.path.splitext(name)[0]]
+    command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--epochs", "1",
+               "--patches_per_epoch", "1000", "--device", "cpu", "--data_dir", data_dir,
+               "--dataset", os.path.splitext(name)[0], "--checkpoints_dir", tempfile.mkdtemp()]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - started

@@ -168,3 +168,13 @@ def test_map_without_anomalies_gives_null_auc(scene_dir, capsys):
     metrics = json.loads((scene_dir / "results" / "clean" / "metrics.json").read_text())
     assert metrics["auc"] is None and "no anomaly" in metrics["auc_note"]
     assert (scene_dir / "results" / "clean" / "detectmap.mat").exists()
+
+
+def test_checkpoint_architecture_must_match_the_flags(scene_dir, capsys):
+    assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
+    checkpoint = next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0001.pt"))
+    flags = cli_flags(scene_dir, "tiny")
+    flags[flags.index("--nblk") + 1] = "2"
+    assert main(["--command", "predict", "--checkpoint", str(checkpoint), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "nch_ker=8, nblk=1, norm=bnorm but the flags say nch_ker=8, nblk=2, norm=bnorm" in err

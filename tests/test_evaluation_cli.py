@@ -111,3 +111,15 @@ def test_metrics_json_has_the_3d_metrics(scene_dir):
     m = metrics["metrics_3d"]
     assert np.isclose(m["AUC_OD"], m["AUC(D,F)"] + m["AUC(D,tau)"] - m["AUC(F,tau)"])
     assert os.path.isdir(metrics["results"])
+
+
+def test_latest_folder_never_mixes_two_methods(scene_dir):
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
+    assert main(["--command", "train", *flags]) == 0
+    assert main(["--command", "predict", *flags]) == 0
+    latest = scene_dir / "results" / "tiny"
+    assert (latest / "reconstructed_data.mat").exists()
+    assert main(["--command", "rx", *flags]) == 0
+    assert not (latest / "reconstructed_data.mat").exists()  # RX has no reconstruction
+    assert json.loads((latest / "metrics.json").read_text())["method"] == "RX"
+    assert len(list((latest).glob("*/epoch_0001/reconstructed_data.mat"))) == 1  # the run's own folder keeps it

@@ -109,3 +109,13 @@ def test_sigint_in_a_real_process_saves_and_exits_cleanly(scene_dir):
     resumed = run_cli("--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", str(saved_epochs(run_dir)[0] + 1),
                                                         "--resume"))
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_resume_on_a_replaced_scene_is_a_user_error(scene_dir, capsys):
+    import scipy.io
+    from conftest import tiny_scene
+    assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
+    hsi, gt = tiny_scene(bands=4)
+    scipy.io.savemat(scene_dir / "tiny.mat", {"data": hsi, "map": gt})
+    assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "2", "--resume")]) == 2
+    assert "does not fit this scene's 4 bands" in capsys.readouterr().err
