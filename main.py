@@ -8,7 +8,7 @@ from benchmark import benchmark
 from evaluation import LRX_BORDER_NOTE
 from predict import detect_with_baseline, predict
 from train import Interrupted, train
-from utils import UserError, return_freed_memory_to_the_system
+from utils import UserError
 
 
 def build_parser():
@@ -92,7 +92,6 @@ def build_parser():
 
 def main(argv=None):
     config = build_parser().parse_args(argv)
-    return_freed_memory_to_the_system()
     try:
         if config.command == "train":
             train(config)

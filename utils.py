@@ -1,5 +1,4 @@
 """Shared helpers: user-facing errors, seeding, devices, weight init, metrics, safe file writes."""
-import ctypes
 import os
 import random
 import tempfile
@@ -11,21 +10,6 @@ from torch import nn
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
-def return_freed_memory_to_the_system():
-    """Have glibc serve every allocation of 1 MiB or more with mmap, so freed tensors leave the process.
-
-    By default glibc raises that threshold as large blocks are freed and then serves them from a heap
-    that fragments: training on a 100 x 100 x 189 scene crept to 965 MB, against 729 MB this way
-    (tests/test_memory.py). A no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_mmap_threshold = -3  # from glibc's malloc.h
-    libc.mallopt(m_mmap_threshold, 1 << 20)
 
 
 def seed_everything(seed):

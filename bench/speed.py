@@ -34,9 +34,6 @@ def child(args):
     import train as train_module
     from main import build_parser
     from model import reconstruct
-    from utils import return_freed_memory_to_the_system
-
-    return_freed_memory_to_the_system()  # as main.py does
 
     work = tempfile.mkdtemp()
     if args.generate:
