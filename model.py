@@ -144,7 +144,8 @@ def reconstruct(net, hsi, device, tile=None, amp="off"):
     """
     net = net.to(device, memory_format=torch.channels_last).eval()
     height, width, _ = hsi.shape
-    scene = torch.from_numpy(np.ascontiguousarray(hsi.transpose(2, 0, 1)))
+    # An H x W x B block seen as 1 x B x H x W is already channels-last: no copy of the scene is made.
+    scene = torch.from_numpy(hsi).permute(2, 0, 1)[None]
     if tile is None:
         tile = max(height, width)
     margin = net.receptive_field_radius
@@ -155,7 +156,7 @@ def reconstruct(net, hsi, device, tile=None, amp="off"):
                 bottom, right = min(top + tile, height), min(left + tile, width)
                 y0, x0 = max(top - margin, 0), max(left - margin, 0)
                 y1, x1 = min(bottom + margin, height), min(right + margin, width)
-                window = scene[None, :, y0:y1, x0:x1].to(device).contiguous(memory_format=torch.channels_last)
+                window = scene[:, :, y0:y1, x0:x1].to(device).contiguous(memory_format=torch.channels_last)
                 piece = net(window)[0].float()
                 piece = piece[:, top - y0:top - y0 + bottom - top, left - x0:left - x0 + right - left]
                 output[top:bottom, left:right] = piece.permute(1, 2, 0).cpu().numpy()

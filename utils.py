@@ -73,9 +73,16 @@ def min_max(scores):
     return (scores - low) / (high - low)
 
 
-def detection_map(hsi, reconstructed):
-    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1]."""
-    error = np.mean((np.asarray(hsi, np.float32) - np.asarray(reconstructed, np.float32)) ** 2, axis=2)
+def detection_map(hsi, reconstructed, rows_per_block=64):
+    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1].
+
+    Computed a block of rows at a time, so a big scene needs no full-size temporaries.
+    """
+    error = np.empty(hsi.shape[:2], np.float32)
+    for top in range(0, hsi.shape[0], rows_per_block):
+        rows = slice(top, top + rows_per_block)
+        difference = np.asarray(hsi[rows], np.float32) - np.asarray(reconstructed[rows], np.float32)
+        error[rows] = np.mean(difference ** 2, axis=2)
     return min_max(error)
 
 

@@ -4,7 +4,8 @@
 
 For each available device (cpu, and cuda when present) and precision (fp32 = the faithful default,
 bf16, and fp16 on GPU) a fresh child process trains `--steps` steps with the default flags and
-predicts the whole scene. Reported: peak resident memory of the child, seconds from the start of
+predicts the whole scene. Reported: peak resident memory of the child after training and after
+predicting (the bench itself loads the scene again for the prediction), seconds from the start of
 `train()` to the end of the first step, seconds per step (median after the first), the epoch time
 that implies (H*W / batch steps), the projected 1000-epoch time, and the whole-scene predict time.
 `--big` adds a generated 1000 x 1000 x 189 scene (a few steps, CPU, tiled prediction) to show that
@@ -63,6 +64,7 @@ def child(args):
     captured = {}
     train_module.train(config, after_epoch=lambda epoch, net, loss: captured.setdefault("net", net))
     ended = time.perf_counter()
+    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     steps = np.diff(step_ends + [ended])
     hsi = np.asarray(scipy.io.loadmat(os.path.join(data_dir, dataset + ".mat"))["data"], np.float32)
     net = captured["net"]
@@ -75,7 +77,8 @@ def child(args):
     step = float(np.median(steps[1:]))
     print(json.dumps(dict(
         scene=f"{height}x{width}x{hsi.shape[2]}", device=args.device, precision=args.precision,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        train_peak_mib=train_peak, peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        scene_mib=hsi.nbytes / 2 ** 20,
         gpu_peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20 if config_device.type == "cuda" else None,
         first_step_s=step_ends[0] - started,
         step_s=step, epoch_s=step * -(-height * width // 100), predict_s=predict_seconds,
@@ -119,13 +122,14 @@ def main():
     print(f"\ncommand: python bench/speed.py {' '.join(sys.argv[1:])}")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}, "
           f"torch {torch.__version__}\n")
-    print("| scene | device | precision | peak RSS MiB | GPU peak MiB | to first step s | s/step | s/epoch "
-          "| 1000 epochs (projected) | predict s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scene (float32 MiB) | device | precision | training peak RSS MiB | with predict MiB | GPU peak MiB "
+          "| to first step s | s/step | s/epoch | 1000 epochs (projected) | predict s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         gpu_peak = f"{r['gpu_peak_mib']:.0f}" if r["gpu_peak_mib"] is not None else "–"
         precision = "fp32" if r["precision"] == "off" else r["precision"]
-        print(f"| {r['scene']} | {r['device']} ({r['threads']} threads) | {precision} | {r['peak_rss_mib']:.0f} | "
+        print(f"| {r['scene']} ({r['scene_mib']:.0f}) | {r['device']} ({r['threads']} threads) | {precision} | "
+              f"{r['train_peak_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
               f"{gpu_peak} | {r['first_step_s']:.2f} | {r['step_s']:.3f} | {r['epoch_s']:.1f} | "
               f"{r['epoch_s'] * 1000 / 3600:.1f} h | {r['predict_s']:.2f} |")
 
