@@ -65,7 +65,7 @@ def test_predict_from_an_official_pkl(tmp_path):
     gt[3, 4] = 1
     scipy.io.savemat(tmp_path / "fixture.mat", {"data": scene, "map": gt})
     result = run_cli("--command", "predict", "--checkpoint", str(tmp_path / "official.pkl"),
-                     *cli_flags(tmp_path, "fixture"))
+                     *cli_flags(tmp_path, "fixture"), "--nch_ker", "64", "--nblk", "2")  # the official network
     assert result.returncode == 0, result.stderr
     reconstructed = scipy.io.loadmat(tmp_path / "results" / "fixture" / "reconstructed_data.mat")
     expected = data["output"][0].transpose(1, 2, 0)
