@@ -108,6 +108,9 @@ def main(argv=None):
         if str(interruption):
             print(str(interruption), file=sys.stderr)
         return 130
+    except KeyboardInterrupt:  # outside training there is nothing to save
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         distributed.cleanup()
     return 0
