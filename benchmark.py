@@ -121,6 +121,8 @@ def benchmark(config, command_line):
     note = (f"Command: `{command_line}`. BS3LNet: {config.epochs} epochs, seeds {config.seeds}; AUC(D,F) is "
             "the official AUC; RX and LRX are deterministic (one run). Best AUC(D,F) per scene in bold.")
     out_dir = os.path.join(config.results_dir, "benchmark")
+    if os.path.exists(os.path.join(out_dir, "benchmark.md")):
+        print(f"replacing the earlier benchmark tables in {out_dir}")
     table = markdown_table(summary, datasets, methods, note)
     atomic_write_text(os.path.join(out_dir, "benchmark.md"), table)
     atomic_write_text(os.path.join(out_dir, "benchmark.csv"), csv_table(summary))
