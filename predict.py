@@ -13,7 +13,8 @@ from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_ma
                         plot_separation, rx)
 from model import load_checkpoint, reconstruct
 from train import checkpoint_path, run_directory, saved_epochs
-from utils import UserError, atomic_write, atomic_write_text, detection_map, min_max, resolve_device, set_tf32
+from utils import (UserError, atomic_write, atomic_write_text, auc_undefined, detection_map, min_max, resolve_device,
+                   set_tf32)
 
 RESULT_FILES = ("detectmap.mat", "reconstructed_data.mat", "detectmap.png", "roc.png", "roc3d.png",
                 "separation.png", "metrics.json")
@@ -53,12 +54,9 @@ def write_results(config, folder, method, score_map, gt, arrays=None, info=None)
     output("detectmap.mat", lambda tmp: scipy.io.savemat(tmp, {"detectmap": score_map}))
     for name, (key, value) in (arrays or {}).items():
         output(name, lambda tmp, key=key, value=value: scipy.io.savemat(tmp, {key: value}))
-    metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=None, metrics_3d=None, **(info or {}))
-    if gt is None:
-        metrics["auc_note"] = "AUC undefined: the scene file has no ground-truth map"
-    elif gt.sum() in (0, gt.size):
-        metrics["auc_note"] = f"AUC undefined: the map has {'no anomaly' if gt.sum() == 0 else 'no background'} pixel"
-    else:
+    metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=auc_undefined(gt), metrics_3d=None,
+                   **(info or {}))
+    if metrics["auc_note"] is None:
         metrics["metrics_3d"] = metrics_3d(gt, score_map)
         metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
     title = f"{config.dataset}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")

@@ -17,8 +17,8 @@ import distributed
 from dataset import BlindSpotSampler, load_scene
 from evaluation import plot_training_curve
 from model import BS3LNet, reconstruct
-from utils import (UserError, atomic_write, atomic_write_text, auc_score, autocast, detection_map, init_weights,
-                   seed_everything, set_tf32)
+from utils import (UserError, atomic_write, atomic_write_text, auc_score, auc_undefined, autocast, detection_map,
+                   init_weights, seed_everything, set_tf32)
 
 CURVE_NAME = "training_curve.png"
 
@@ -197,15 +197,14 @@ def auc_tracker(config, sampler, gt):
     """A function scoring the whole scene's AUC with the net, when --eval_every asks and the map allows."""
     if config.eval_every is None:
         return None
-    if gt is None or gt.sum() in (0, gt.size):
-        print("note: --eval_every needs a map with anomaly and background pixels; no AUC will be recorded")
+    reason = auc_undefined(gt)
+    if reason is not None:
+        print(f"note: --eval_every records nothing here ({reason})")
         return None
 
     def scene_auc(net):
         hsi = sampler.scene().cpu().numpy()
-        auc = auc_score(gt, detection_map(hsi, reconstruct(net, hsi, sampler.device, amp=config.amp)))
-        net.train()
-        return auc
+        return auc_score(gt, detection_map(hsi, reconstruct(net, hsi, sampler.device, amp=config.amp)))
     return scene_auc
 
 

@@ -86,6 +86,16 @@ def detection_map(hsi, reconstructed, rows_per_block=64):
     return min_max(error)
 
 
+def auc_undefined(gt_map):
+    """Why the AUC of a map against `gt_map` is undefined (no map, no anomaly, no background), or None."""
+    if gt_map is None:
+        return "AUC undefined: the scene file has no ground-truth map"
+    anomalies = int(np.sum(gt_map))
+    if anomalies in (0, np.size(gt_map)):
+        return f"AUC undefined: the map has {'no anomaly' if anomalies == 0 else 'no background'} pixel"
+    return None
+
+
 def auc_score(gt_map, score_map):
     """AUC(D,F) exactly as the official code: sklearn's roc_auc_score over all pixels."""
     from sklearn.metrics import roc_auc_score
