@@ -8,7 +8,8 @@ import time
 import numpy as np
 
 from predict import detect_with_baseline, predict
-from train import LOG_NAME, checkpoint_path, run_directory, train
+from runs import checkpoint_path, log_path, read_log, run_directory
+from train import train
 from utils import UserError, atomic_write_text
 
 METHODS = ("bs3lnet", "rx", "lrx")
@@ -26,9 +27,7 @@ def parse_list(text, flag, cast=str):
 
 def trained_seconds(run_dir, epochs):
     """Training seconds of the first `epochs` epochs, read from the run's log."""
-    with open(os.path.join(run_dir, LOG_NAME)) as log:
-        rows = [line.split("\t") for line in log if line[:1].isdigit()]
-    return sum(float(row[2]) for row in rows if int(row[0]) <= epochs)
+    return sum(row["seconds"] for row in read_log(log_path(run_dir)) if row["epoch"] <= epochs)
 
 
 def run_one(config, method):

@@ -8,7 +8,7 @@ from benchmark import benchmark
 from evaluation import LRX_BORDER_NOTE
 from predict import detect_with_baseline, predict
 from train import Interrupted, train
-from utils import UserError
+from utils import UserError, flush_subnormals
 
 
 def build_parser():
@@ -84,6 +84,9 @@ def build_parser():
     speed.add_argument("--tf32", action="store_true", help="allow TF32 matrix maths on NVIDIA GPUs")
     speed.add_argument("--patches_per_epoch", type=int, default=None,
                        help="train on this many random patch centres per epoch instead of all H*W")
+    speed.add_argument("--keep_subnormals", action="store_true",
+                       help="keep subnormal floats on the CPU (default: flush them to zero, which is up to 2x "
+                            "faster at some stages of training and leaves the losses unchanged)")
     speed.add_argument("--tile", type=int, default=None,
                        help="predict tile by tile: N x N pixels plus a margin of the receptive-field "
                             "radius (3 + 2*nblk); same map with bnorm, memory bounded by the tile")
@@ -92,6 +95,10 @@ def build_parser():
 
 def main(argv=None):
     config = build_parser().parse_args(argv)
+    # Before any parallel CPU operation, so that every thread torch starts inherits the setting.
+    if flush_subnormals(not config.keep_subnormals) == "mixed":
+        print("note: torch's CPU threads started before subnormal flushing was set; some keep subnormals",
+              file=sys.stderr)
     try:
         if config.command == "train":
             train(config)

@@ -12,7 +12,7 @@ from dataset import load_scene
 from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_map, plot_roc, plot_roc_3d,
                         plot_separation, rx)
 from model import load_checkpoint, reconstruct
-from train import checkpoint_path, run_directory, saved_epochs
+from runs import checkpoint_path, run_directory, saved_epochs
 from utils import (UserError, atomic_write, atomic_write_text, auc_undefined, detection_map, min_max, resolve_device,
                    set_tf32)
 

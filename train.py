@@ -1,10 +1,7 @@
 """Training: blind-spot patch pairs -> masked reconstruction loss -> Adam, with checkpoints and a log."""
 import copy
-import glob
-import json
 import os
 import random
-import re
 import shlex
 import sys
 import time
@@ -17,42 +14,18 @@ import distributed
 from dataset import BlindSpotSampler, load_scene
 from evaluation import plot_training_curve
 from model import BS3LNet, reconstruct
+from runs import checkpoint_path, is_row, log_header, log_path, log_row, run_directory, saved_epochs
 from utils import (UserError, atomic_write, atomic_write_text, auc_score, auc_undefined, autocast, detection_map,
                    init_weights, seed_everything, set_tf32)
 
 CURVE_NAME = "training_curve.png"
 
-LOG_NAME = "train_log.tsv"
 # The batch order has a random stream of its own, seeded apart from the masks' stream.
 ORDER_SEED_OFFSET = 2 ** 32
 
 
 class Interrupted(Exception):
     """Ctrl-C during training, after the last completed epoch was saved; the message says how to resume."""
-
-
-def run_directory(config):
-    """The run's checkpoint folder, named by every setting that changes the trained weights (not epochs)."""
-    name = (f"p{config.patch}_w{config.size_window}_r{config.ratio}_k{config.nch_ker}_b{config.nblk}"
-            f"_{config.norm_mode}_{config.init_weight_type}{config.init_gain}_{config.lossm}"
-            f"_lr{config.learning_rate}_wd{config.weight_decay}_bs{config.batch_size}_seed{config.seed}")
-    if config.remask:
-        name += "_remask"
-    if config.patches_per_epoch:
-        name += f"_ppe{config.patches_per_epoch}"
-    if config.amp != "off":
-        name += f"_{config.amp}"
-    return os.path.join(config.checkpoints_dir, config.dataset, name)
-
-
-def checkpoint_path(run_dir, epoch):
-    return os.path.join(run_dir, f"epoch_{epoch:04d}.pt")
-
-
-def saved_epochs(run_dir):
-    """Epochs with a checkpoint in `run_dir`, ascending."""
-    paths = glob.glob(os.path.join(run_dir, "epoch_*.pt"))
-    return sorted(int(m.group(1)) for m in (re.search(r"epoch_(\d+)\.pt$", p) for p in paths) if m)
 
 
 def masked_loss(output, label, mask, kind="l1"):
@@ -105,7 +78,7 @@ def train_epoch(net, sampler, order, targets, sources, optimizer, config, scaler
 def earlier_run_files(run_dir):
     """The checkpoints and log of a run already in `run_dir`."""
     files = [checkpoint_path(run_dir, e) for e in saved_epochs(run_dir)]
-    log = os.path.join(run_dir, LOG_NAME)
+    log = log_path(run_dir)
     return files + [log] if os.path.exists(log) else files
 
 
@@ -171,13 +144,13 @@ def resume_state(run_dir):
                         "checkpoint before it")
 
 
-def trim_log(log_path, last_epoch):
+def trim_log(path, last_epoch):
     """Drop log rows after `last_epoch` (epochs trained after the checkpoint we resume from)."""
-    with open(log_path) as log:
+    with open(path) as log:
         lines = log.read().splitlines()
-    kept = [line for line in lines if not line[:1].isdigit() or int(line.split("\t")[0]) <= last_epoch]
+    kept = [line for line in lines if not is_row(line) or int(line.split("\t")[0]) <= last_epoch]
     kept.append(f"# resumed after epoch {last_epoch}")
-    atomic_write_text(log_path, "\n".join(kept) + "\n")
+    atomic_write_text(path, "\n".join(kept) + "\n")
 
 
 def validate(config):
@@ -281,18 +254,15 @@ def train(config, after_epoch=None):
         log(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
         return [loss]
 
-    log_path = os.path.join(run_dir, LOG_NAME)
+    log_file_path = log_path(run_dir)
     if is_main:
         if config.resume:
-            trim_log(log_path, first_epoch - 1)
+            trim_log(log_file_path, first_epoch - 1)
             print(f"resuming {run_dir} after epoch {first_epoch - 1}")
         else:
             start_run_directory(run_dir)
-            with open(log_path, "w") as log_file:
-                log_file.write(f"# config {json.dumps(vars(config), sort_keys=True)}\n")
-                log_file.write(f"# model {json.dumps(net.args)} parameters "
-                               f"{sum(p.numel() for p in net.parameters())}\n")
-                log_file.write("epoch\tloss\tseconds\tauc\n")
+            with open(log_file_path, "w") as log_file:
+                log_file.write(log_header(vars(config), net.args, sum(p.numel() for p in net.parameters())))
     snapshot, saved_epoch = None, first_epoch - 1
     epoch = first_epoch
     try:
@@ -306,11 +276,10 @@ def train(config, after_epoch=None):
                 aucs[epoch] = scene_auc(net)
             snapshot = training_state(net, optimizer, scaler, config, epoch, losses, aucs, generators)
             if is_main:
-                auc = f"{aucs[epoch]:.6f}" if epoch in aucs else ""
-                with open(log_path, "a") as log_file:
-                    log_file.write(f"{epoch}\t{loss:.6f}\t{seconds:.2f}\t{auc}\n")
+                with open(log_file_path, "a") as log_file:
+                    log_file.write(log_row(epoch, loss, seconds, aucs.get(epoch)))
                 print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s"
-                      + (f"  AUC {auc}" if auc else ""))
+                      + (f"  AUC {aucs[epoch]:.6f}" if epoch in aucs else ""))
                 if epoch in aucs:  # redrawn at each evaluation, so an interrupted run has its curve too
                     plot_training_curve(os.path.join(run_dir, CURVE_NAME), losses, aucs, config.dataset)
                 if epoch % config.save_freq == 0 or epoch == config.epochs:
@@ -324,7 +293,7 @@ def train(config, after_epoch=None):
             raise Interrupted("")
         if snapshot is None:
             if not config.resume:
-                os.remove(log_path)  # nothing trained: leave no half-started run behind
+                os.remove(log_file_path)  # nothing trained: leave no half-started run behind
             raise Interrupted(f"interrupted during epoch {epoch} before any epoch completed; nothing saved")
         if saved_epoch != snapshot["epoch"]:
             save_checkpoint(checkpoint_path(run_dir, snapshot["epoch"]), snapshot)

@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from main import build_parser  # noqa: E402
+from runs import log_path, read_log  # noqa: E402
 from train import train  # noqa: E402
 
 
@@ -37,9 +38,8 @@ def main():
             run = os.path.join(tmp, args.dataset, os.listdir(os.path.join(tmp, args.dataset))[0])
             state = torch.load(os.path.join(run, f"epoch_{args.epochs:04d}.pt"), weights_only=True)
             aucs[amp] = state["aucs"]
-            with open(os.path.join(run, "train_log.tsv")) as log:
-                rows = [line.split("\t") for line in log if line[:1].isdigit()]
-            seconds[amp] = sum(float(r[2]) for r in rows) / len(rows)
+            rows = read_log(log_path(run))
+            seconds[amp] = sum(r["seconds"] for r in rows) / len(rows)
     print(f"\n{args.dataset}, seed {args.seed}, CPU ({torch.get_num_threads()} threads); command: "
           f"python bench/amp_auc.py --dataset {args.dataset} --epochs {args.epochs} --seed {args.seed}\n")
     print("| epoch | AUC fp32 | AUC bf16 | bf16 - fp32 |\n|---|---|---|---|")

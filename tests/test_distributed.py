@@ -11,7 +11,8 @@ from conftest import ROOT, cli_flags
 from main import build_parser
 from model import load_checkpoint
 from model import reconstruct
-from train import checkpoint_path, run_directory, train
+from runs import checkpoint_path, run_directory
+from train import train
 
 
 def test_two_processes_train_what_one_process_trains(scene_dir, tmp_path):

@@ -8,6 +8,7 @@ import scipy.io
 
 from conftest import cli_flags, tiny_scene
 from main import main
+from runs import read_log
 
 FIGURES = ("detectmap.png", "roc.png", "roc3d.png", "separation.png")
 
@@ -56,9 +57,9 @@ def test_eval_every_records_auc_and_draws_the_curve(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "4", "--eval_every", "2")
     assert main(["--command", "train", *flags]) == 0
     run = next((scene_dir / "checkpoints" / "tiny").iterdir())
-    rows = [line.rstrip("\n").split("\t") for line in open(run / "train_log.tsv") if line[:1].isdigit()]
-    assert [r[3] != "" for r in rows] == [False, True, False, True]
-    assert all(0 <= float(r[3]) <= 1 for r in rows if r[3])
+    rows = read_log(run / "train_log.tsv")
+    assert [r["auc"] is not None for r in rows] == [False, True, False, True]
+    assert all(0 <= r["auc"] <= 1 for r in rows if r["auc"] is not None)
     assert (run / "training_curve.png").stat().st_size > 0
 
 

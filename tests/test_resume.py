@@ -6,7 +6,8 @@ import torch
 import train as train_module
 from conftest import cli_flags, run_cli
 from main import build_parser, main
-from train import Interrupted, checkpoint_path, run_directory, saved_epochs, train
+from runs import checkpoint_path, log_path, read_log, run_directory, saved_epochs
+from train import Interrupted, train
 
 STEPS_PER_EPOCH = 4  # tiny scene: 120 patches in batches of 32
 
@@ -51,8 +52,7 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(scene_dir, tmp
     assert all(torch.equal(expected["model"][k], resumed["model"][k]) for k in expected["model"])
     for a, b in zip(expected["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
-    log = open(os.path.join(run_directory(interrupted), "train_log.tsv")).read().splitlines()
-    assert [line.split("\t")[0] for line in log if line[:1].isdigit()] == ["1", "2", "3", "4"]
+    assert [row["epoch"] for row in read_log(log_path(run_directory(interrupted)))] == [1, 2, 3, 4]
 
 
 def test_resume_extends_a_finished_run(scene_dir):
@@ -98,8 +98,7 @@ def test_sigint_in_a_real_process_saves_and_exits_cleanly(scene_dir):
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.5)
-        log = os.path.join(run_dir, "train_log.tsv")
-        if os.path.exists(log) and sum(line[:1].isdigit() for line in open(log)) >= 2:
+        if os.path.exists(log_path(run_dir)) and len(read_log(log_path(run_dir))) >= 2:
             break
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

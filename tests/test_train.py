@@ -7,7 +7,8 @@ import torch
 import dataset
 from conftest import cli_flags
 from main import build_parser
-from train import LOG_NAME, masked_loss, run_directory, saved_epochs, train
+from runs import LOG_NAME, read_log, run_directory, saved_epochs
+from train import masked_loss, train
 
 
 def config_for(scene_dir, *extra):
@@ -78,9 +79,9 @@ def test_checkpoints_log_and_optimiser(scene_dir):
     with open(os.path.join(run, LOG_NAME)) as log:
         lines = log.read().splitlines()
     assert json.loads(lines[0].removeprefix("# config "))["epochs"] == 5
-    rows = [line.split("\t") for line in lines if line[:1].isdigit()]
-    assert [int(r[0]) for r in rows] == [1, 2, 3, 4, 5]
-    assert [float(r[1]) for r in rows] == pytest.approx(losses, abs=1e-6)
+    rows = read_log(os.path.join(run, LOG_NAME))
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in rows] == pytest.approx(losses, abs=1e-6)
 
 
 def test_training_reduces_the_loss(scene_dir):

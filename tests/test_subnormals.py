@@ -1,0 +1,45 @@
+"""Subnormal floats are flushed to zero on the CPU in every thread, through training, evaluation and prediction."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, cli_flags
+
+# Runs in a fresh process (torch's threads copy the setting when they start, so the parent test
+# process, whose threads started long ago, cannot show it), with two intra-op threads.
+PROBE = """
+import json, sys
+sys.path.insert(0, {root!r})
+import main, train, utils
+seen = []
+train_epoch = train.train_epoch
+def spy(*args, **kwargs):  # checked at the start of every epoch, so after each evaluation pass too
+    seen.append(utils.subnormal_handling())
+    return train_epoch(*args, **kwargs)
+train.train_epoch = spy
+codes = [main.main(["--command", "train", *{train!r}]), main.main(["--command", "predict", *{predict!r}])]
+seen.append(utils.subnormal_handling())
+print(json.dumps(dict(codes=codes, seen=seen)))
+"""
+
+
+def probe(scene_dir, *extra):
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "3", *extra)
+    script = PROBE.format(root=ROOT, train=[*flags, "--eval_every", "1"], predict=flags)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not __import__("torch").set_flush_denormal(False), reason="this CPU cannot flush subnormals")
+def test_training_evaluation_and_prediction_flush_subnormals_in_every_thread(scene_dir):
+    flushed = probe(scene_dir)
+    assert flushed["codes"] == [0, 0]
+    assert flushed["seen"] == ["flushed"] * 4  # epochs 1-3 (after evaluations) and after predict
+    kept = probe(scene_dir, "--keep_subnormals", "--overwrite")
+    assert kept["codes"] == [0, 0]
+    assert kept["seen"] == ["kept"] * 4
