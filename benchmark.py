@@ -8,8 +8,9 @@ import time
 import numpy as np
 
 from predict import detect_with_baseline, predict
-from runs import checkpoint_path, log_path, read_log, run_directory
-from train import train
+from runs import log_path, read_log
+from scoring import scorings
+from train import Interrupted, ensure_trained
 from utils import UserError, atomic_write_text
 
 METHODS = ("bs3lnet", "rx", "lrx")
@@ -30,19 +31,29 @@ def trained_seconds(run_dir, epochs):
     return sum(row["seconds"] for row in read_log(log_path(run_dir)) if row["epoch"] <= epochs)
 
 
-def run_one(config, method):
-    """Train (unless that run's final checkpoint exists) and score one method; returns the row's figures."""
-    if method == "bs3lnet":
-        run_dir = run_directory(config)
-        if os.path.exists(checkpoint_path(run_dir, config.epochs)):
-            print(f"reusing the trained run {run_dir}")
-        else:
-            train(config)
-        metrics = predict(config)
-        train_seconds = trained_seconds(run_dir, config.epochs)
-    else:
-        metrics = detect_with_baseline(config, method)
-        train_seconds = 0.0
+def row_name(method, scoring):
+    """A table row's method: bs3lnet with official scoring keeps its name, blind-spot scoring is marked."""
+    return method if scoring == "official" else f"{method}-{scoring}"
+
+
+def run_one(config, method, scoring_list):
+    """Train (unless that run's final checkpoint exists) and score one method; returns {row name: figures}.
+
+    BS3LNet is trained once and its checkpoint scored with every scoring of `scoring_list`, so their rows
+    differ only by scoring; the baselines have one row.
+    """
+    if method != "bs3lnet":
+        return {method: figures(detect_with_baseline(config, method), 0.0)}
+    # --eval_every during training (if asked) uses the first scoring of the list
+    run_dir = ensure_trained(argparse.Namespace(**{**vars(config), "scoring": scoring_list[0]}))
+    train_seconds = trained_seconds(run_dir, config.epochs)
+    return {row_name(method, scoring): figures(predict(argparse.Namespace(**{**vars(config), "scoring": scoring})),
+                                               train_seconds)
+            for scoring in scoring_list}
+
+
+def figures(metrics, train_seconds):
+    """A row's figures from a predict/baseline metrics dict; an undefined AUC is an error."""
     if metrics["auc"] is None:
         raise UserError(metrics["auc_note"])
     return dict(auc=metrics["auc"], auc_f_tau=metrics["metrics_3d"]["AUC(F,tau)"],
@@ -55,7 +66,8 @@ def summarise(runs):
     for (dataset, method), results in runs.items():
         done = [r for r in results if "error" not in r]
         errors = [r["error"] for r in results if "error" in r]
-        entry = dict(dataset=dataset, method=method, runs=len(done), error=errors[0] if errors else "")
+        entry = dict(dataset=dataset, method=method, runs=len(done), failed=len(errors),
+                     error=errors[0] if errors else "")
         for key in ("auc", "auc_f_tau", "train_seconds", "predict_seconds"):
             values = np.array([r[key] for r in done])
             entry[key] = float(values.mean()) if done else None
@@ -65,27 +77,34 @@ def summarise(runs):
 
 
 def markdown_table(summary, datasets, methods, note):
-    lines = [note, "", "| scene | method | AUC(D,F) mean ± std | AUC(F,τ) | train s | predict s | runs |",
-             "|---|---|---|---|---|---|---|"]
+    """The benchmark table: one row per scene and method, failures in a column of their own, then means."""
+    lines = [note, "", "| scene | method | AUC(D,F) mean ± std | AUC(F,τ) | train s | predict s | runs | failed |",
+             "|---|---|---|---|---|---|---|---|"]
     for dataset in datasets:
         best = max((e["auc"] for (d, _), e in summary.items() if d == dataset and e["auc"] is not None),
                    default=None)
         for method in methods:
             e = summary[(dataset, method)]
+            failed = f"{e['failed']}: {e['error']}" if e["failed"] else ""
             if e["auc"] is None:
-                lines.append(f"| {dataset} | {method} | failed: {e['error']} | | | | 0 |")
+                lines.append(f"| {dataset} | {method} | – | – | – | – | 0 | {failed} |")
                 continue
             auc = f"{e['auc']:.4f} ± {e['auc_std']:.4f}"
             if e["auc"] == best:
                 auc = f"**{auc}**"
             lines.append(f"| {dataset} | {method} | {auc} | {e['auc_f_tau']:.4f} | {e['train_seconds']:.1f} | "
-                         f"{e['predict_seconds']:.2f} | {e['runs']} |")
+                         f"{e['predict_seconds']:.2f} | {e['runs']} | {failed} |")
+    complete = [d for d in datasets if all(summary[(d, m)]["auc"] is not None for m in methods)]
+    if len(complete) > 1:
+        for method in methods:
+            mean = np.mean([summary[(d, method)]["auc"] for d in complete])
+            lines.append(f"| mean over {len(complete)} scenes | {method} | {mean:.4f} | | | | | |")
     return "\n".join(lines) + "\n"
 
 
 def csv_table(summary):
     buffer = io.StringIO()
-    fields = ["dataset", "method", "runs", "auc", "auc_std", "auc_f_tau", "auc_f_tau_std", "train_seconds",
+    fields = ["dataset", "method", "runs", "failed", "auc", "auc_std", "auc_f_tau", "auc_f_tau_std", "train_seconds",
               "train_seconds_std", "predict_seconds", "predict_seconds_std", "error"]
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -101,30 +120,48 @@ def benchmark(config, command_line):
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise UserError(f"unknown --methods {', '.join(unknown)}: choose from {', '.join(METHODS)}")
+    scoring_list = scorings(config.scoring)
+    rows = [row_name(m, s) for m in methods for s in (scoring_list if m == "bs3lnet" else ["official"])]
     jobs = [(d, m, s) for d in datasets for m in methods for s in (seeds if m == "bs3lnet" else [None])]
-    runs = {(d, m): [] for d in datasets for m in methods}
+    runs = {(d, r): [] for d in datasets for r in rows}
+    interrupted = None
     for number, (dataset, method, seed) in enumerate(jobs, start=1):
         print(f"\n[{number}/{len(jobs)}] {dataset}: {method}" + (f", seed {seed}" if seed is not None else ""))
         run_config = argparse.Namespace(**{**vars(config), "dataset": dataset,
                                            "seed": config.seed if seed is None else seed})
         started = time.perf_counter()
         try:
-            result = run_one(run_config, method)
+            results = run_one(run_config, method, scoring_list)
+        except (KeyboardInterrupt, Interrupted) as interruption:  # stop here; the finished jobs are kept
+            interrupted = (number, str(interruption))
+            break
         except Exception as error:  # one scene's failure is a table entry, not the end of the benchmark
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"failed: {message}")
-            result = dict(error=message)
-        runs[(dataset, method)].append(result)
+            results = {r: dict(error=message) for r in rows if r.split("-")[0] == method}
+        for row, result in results.items():
+            runs[(dataset, row)].append(result)
         print(f"[{number}/{len(jobs)}] done in {time.perf_counter() - started:.1f} s")
     summary = summarise(runs)
     note = (f"Command: `{command_line}`. BS3LNet: {config.epochs} epochs, seeds {config.seeds}; AUC(D,F) is "
             "the official AUC; RX and LRX are deterministic (one run). Best AUC(D,F) per scene in bold.")
+    if interrupted:
+        note += f" Interrupted during job {interrupted[0]} of {len(jobs)}: later jobs did not run."
     out_dir = os.path.join(config.results_dir, "benchmark")
     if os.path.exists(os.path.join(out_dir, "benchmark.md")):
         print(f"replacing the earlier benchmark tables in {out_dir}")
-    table = markdown_table(summary, datasets, methods, note)
+    table = markdown_table(summary, datasets, rows, note)
     atomic_write_text(os.path.join(out_dir, "benchmark.md"), table)
     atomic_write_text(os.path.join(out_dir, "benchmark.csv"), csv_table(summary))
     print("\n" + table)
     print(f"tables in {out_dir}")
+    if interrupted:
+        raise Interrupted(f"benchmark interrupted during job {interrupted[0]} of {len(jobs)}; the tables hold the "
+                          f"{interrupted[0] - 1} finished jobs. Continue with: {command_line} (finished and "
+                          "interrupted trainings are reused)")
     return summary
+
+
+def failed_jobs(summary):
+    """How many jobs of a benchmark summary failed."""
+    return sum(entry["failed"] for entry in summary.values())

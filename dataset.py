@@ -275,6 +275,16 @@ def synthetic_scene(height=40, width=48, bands=32, seed=0):
     return (400.0 * hsi).astype(np.float32), gt
 
 
+def window_offsets(size_window):
+    """The source offsets (dy, dx) of a blind spot, row-major, without (0, 0): a (w*w - 1, 2) int64 tensor.
+
+    Each coordinate ranges over [-w//2 + w%2, w//2 + w%2) with Python's floor division (w=5: -2..2), as
+    the official code draws them.
+    """
+    window = range(-size_window // 2 + size_window % 2, size_window // 2 + size_window % 2)
+    return torch.tensor([(dy, dx) for dy in window for dx in window if (dy, dx) != (0, 0)])
+
+
 class BlindSpotSampler:
     """Blind-spot training pairs cut on the fly from one reflect-padded copy of the scene.
 
@@ -298,11 +308,9 @@ class BlindSpotSampler:
                             "target has a source other than itself inside the patch")
         if not 0 <= ratio < 1:
             raise UserError(f"--ratio {ratio} must be in [0, 1): it is the share of each patch left unmasked")
-        self.height, self.width, self.bands, self.patch = height, width, bands, patch
+        self.height, self.width, self.bands, self.patch, self.size_window = height, width, bands, patch, size_window
         self.num_patches = height * width
         self.n_targets = math.ceil(patch * patch * (1 - ratio))
-        # Offsets are drawn from [-w//2 + w%2, w//2 + w%2) with Python's floor division (w=5: -2..2).
-        self.offset_low, self.offset_high = -size_window // 2 + size_window % 2, size_window // 2 + size_window % 2
         self.device = torch.device(device)
         pad = patch // 2
         padded = np.pad(hsi, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
@@ -315,8 +323,7 @@ class BlindSpotSampler:
         offsets = (within[:, None] * padded_width + within[None, :]).ravel()
         self.patch_offsets = torch.from_numpy(offsets).to(self.device)
         self.identity = torch.arange(patch * patch, device=self.device)
-        window = range(self.offset_low, self.offset_high)
-        offsets = torch.tensor([(dy, dx) for dy in window for dx in window if (dy, dx) != (0, 0)])
+        offsets = window_offsets(size_window)
         position = torch.arange(patch * patch)[:, None]
         target_row, target_col = position.div(patch, rounding_mode="floor"), position % patch
         self.source_table = ((target_row + offsets[:, 0]) % patch) * patch + (target_col + offsets[:, 1]) % patch

@@ -77,7 +77,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        # float32 whatever the input's type: under bf16 a count of 36100 would round to 36096
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=torch.float32, device=x.device)
         dist.all_reduce(count)
         mean = sum_over_processes(x.sum(dim=(0, 2, 3))) / count
         centred = x - mean[None, :, None, None]
@@ -100,6 +101,20 @@ def synchronise_batch_norm(net):
         else:
             synchronise_batch_norm(child)
     return net
+
+
+def shard(tensors):
+    """This process's share of each tensor of a global batch (tensor_split: sizes differ by at most one)."""
+    return tuple(t.tensor_split(world_size())[rank()] for t in tensors)
+
+
+def mean_over_processes(value):
+    """The mean of a scalar tensor over the processes (the value itself with one process)."""
+    if world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world_size()
+    return value
 
 
 def average_gradients(net):

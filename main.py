@@ -1,19 +1,55 @@
 """BS3LNet for hyperspectral anomaly detection: `--command train`, then `--command predict` with the same flags."""
 import argparse
-import shlex
+import errno
+import math
+import signal
 import sys
+import threading
 
 import distributed
-from benchmark import benchmark
+from benchmark import benchmark, failed_jobs
 from evaluation import LRX_BORDER_NOTE
 from predict import detect_with_baseline, predict
 from train import Interrupted, train
-from utils import UserError, flush_subnormals
+from utils import UserError, command_line, flush_subnormals
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line (exit status 2), not the usage block."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: `kind` (int or float) within [low, high] (open ends where asked), finite."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value) or low is not None and (value < low or low_open and value == low) \
+                or high is not None and (value > high or high_open and value == high):
+            raise argparse.ArgumentTypeError(f"{text} is outside {describe_range(low, high, low_open, high_open)}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.range = describe_range(low, high, low_open, high_open)
+    return parse
+
+
+def describe_range(low, high, low_open, high_open):
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def positive_int():
+    return number(int, 1)
 
 
 def build_parser():
     """Every flag with its default; the official code's flags keep the official defaults."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description="BS3LNet blind-spot self-supervised hyperspectral anomaly detection (Gao et al., TGRS 2023).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     official = parser.add_argument_group("official flags (defaults as in the paper's code)")
@@ -22,24 +58,24 @@ def build_parser():
                                "every --methods on every --datasets")
     official.add_argument("--dataset", default="AVIRIS-II",
                           help="scene name: <data_dir>/<dataset>.mat, or 'synthetic' for the built-in scene")
-    official.add_argument("--seed", type=int, default=1, help="seed for python, numpy, torch, masks and batch order")
+    official.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=1, help="seed for python, numpy, torch, masks and batch order")
     official.add_argument("--gpu_ids", default="0", help="GPU index that --device auto uses when CUDA is available")
-    official.add_argument("--batch_size", type=int, default=100, help="patches per training step")
-    official.add_argument("--patch", type=int, default=19, help="patch side p (one patch per pixel)")
-    official.add_argument("--size_window", type=int, default=5, help="window w the blind-spot sources come from")
-    official.add_argument("--ratio", type=float, default=0.9,
+    official.add_argument("--batch_size", type=positive_int(), default=100, help="patches per training step")
+    official.add_argument("--patch", type=number(int, 2), default=19, help="patch side p (one patch per pixel)")
+    official.add_argument("--size_window", type=number(int, 2), default=5, help="window w the blind-spot sources come from")
+    official.add_argument("--ratio", type=number(float, 0, 1, high_open=True), default=0.9,
                           help="share of each patch left unmasked; ceil(p*p*(1-ratio)) blind spots per patch")
-    official.add_argument("--nch_ker", type=int, default=64, help="feature channels of the network")
-    official.add_argument("--nblk", type=int, default=2, help="number of residual blocks")
+    official.add_argument("--nch_ker", type=positive_int(), default=64, help="feature channels of the network")
+    official.add_argument("--nblk", type=number(int, 0), default=2, help="number of residual blocks")
     official.add_argument("--norm_mode", choices=["bnorm", "inorm"], default="bnorm",
                           help="BatchNorm2d or InstanceNorm2d (no affine)")
     official.add_argument("--init_weight_type", choices=["normal", "xavier", "kaiming", "orthogonal"],
                           default="normal", help="convolution weight initialisation")
-    official.add_argument("--init_gain", type=float, default=0.02, help="gain / std of the initialisation")
+    official.add_argument("--init_gain", type=number(float, 0, low_open=True), default=0.02, help="gain / std of the initialisation")
     official.add_argument("--lossm", choices=["l1", "l2"], default="l1", help="reconstruction loss at blind spots")
-    official.add_argument("--learning_rate", type=float, default=1e-4, help="Adam learning rate")
-    official.add_argument("--weight_decay", type=float, default=1e-5, help="Adam weight decay")
-    official.add_argument("--epochs", type=int, default=1000,
+    official.add_argument("--learning_rate", type=number(float, 0, low_open=True), default=1e-4, help="Adam learning rate")
+    official.add_argument("--weight_decay", type=number(float, 0), default=1e-5, help="Adam weight decay")
+    official.add_argument("--epochs", type=positive_int(), default=1000,
                           help="training epochs; predict loads the checkpoint of this epoch")
     extra = parser.add_argument_group("further flags")
     extra.add_argument("--data_dir", default="./data", help="folder holding <dataset>.mat")
@@ -55,7 +91,7 @@ def build_parser():
     extra.add_argument("--checkpoint", default=None,
                        help="predict from this file (ours, or an official BS3LNet .pkl state_dict) instead of "
                             "the run the flags describe")
-    extra.add_argument("--save_freq", type=int, default=50,
+    extra.add_argument("--save_freq", type=positive_int(), default=50,
                        help="save a checkpoint every N epochs (and always after the last)")
     extra.add_argument("--device", default="auto",
                        help="auto (cuda:<gpu_ids> when available, else cpu), cpu, cuda or cuda:N")
@@ -67,12 +103,18 @@ def build_parser():
                        help="train one batch to check data and settings, save nothing")
     extra.add_argument("--resume", action="store_true",
                        help="continue the run these flags describe from its latest checkpoint")
-    extra.add_argument("--eval_every", type=int, default=None,
+    extra.add_argument("--eval_every", type=positive_int(), default=None,
                        help="during training, record the AUC every N epochs in the log and plot AUC and loss")
     evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--scoring", default="official",
+                            help="how predict (and --eval_every) scores each pixel: official (the whole scene "
+                                 "shown, as the official code) or blindspot (each pixel hidden behind a "
+                                 "neighbour's spectrum, as in training; opt-in). benchmark: a comma-separated list")
+    evaluation.add_argument("--score_repeats", type=positive_int(), default=4,
+                            help="blindspot scoring: average over this many random partitions of the pixels")
     evaluation.add_argument("--roc_log", action="store_true", help="draw the ROC curve with a log-scale P_F axis")
-    evaluation.add_argument("--win_in", type=int, default=3, help="lrx: inner (guard) window, odd")
-    evaluation.add_argument("--win_out", type=int, default=15,
+    evaluation.add_argument("--win_in", type=positive_int(), default=3, help="lrx: inner (guard) window, odd")
+    evaluation.add_argument("--win_out", type=number(int, 3), default=15,
                             help=f"lrx: outer window, odd. {LRX_BORDER_NOTE}")
     evaluation.add_argument("--datasets", default=None,
                             help="benchmark: comma-separated scenes; none means --dataset")
@@ -82,23 +124,50 @@ def build_parser():
     speed.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
                        help="mixed precision for the network (fp16 on GPU only); off = faithful fp32")
     speed.add_argument("--tf32", action="store_true", help="allow TF32 matrix maths on NVIDIA GPUs")
-    speed.add_argument("--patches_per_epoch", type=int, default=None,
+    speed.add_argument("--patches_per_epoch", type=positive_int(), default=None,
                        help="train on this many random patch centres per epoch instead of all H*W")
     speed.add_argument("--keep_subnormals", action="store_true",
-                       help="keep subnormal floats on the CPU (default: flush them to zero, which is up to 2x "
-                            "faster at some stages of training and leaves the losses unchanged)")
-    speed.add_argument("--tile", type=int, default=None,
+                       help="keep subnormal floats on the CPU; without it they are flushed to zero, which is up "
+                            "to 2x faster at some stages of training and leaves the losses unchanged")
+    speed.add_argument("--tile", type=positive_int(), default=None,
                        help="predict tile by tile: N x N pixels plus a margin of the receptive-field "
                             "radius (3 + 2*nblk); same map with bnorm, memory bounded by the tile")
+    for action in parser._actions:  # each numeric flag's range, in --help
+        if hasattr(action.type, "range"):
+            action.help += f"; range {action.type.range}"
     return parser
 
 
+def stop_on_sigterm():
+    """SIGTERM (what schedulers and `kill` send) stops a run the way Ctrl-C does: the last epoch is saved."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def os_error_message(error):
+    """One line for an operating-system error: what failed, on which path, and what to do."""
+    where = f" {error.filename}" if error.filename else ""
+    advice = {errno.ENOSPC: "free some disk space", errno.EACCES: "check its permissions",
+              errno.EPERM: "check its permissions", errno.EROFS: "choose a writable folder",
+              errno.ENOTDIR: "a path component is a file, not a folder",
+              errno.EISDIR: "it is a folder, not a file"}.get(error.errno, "check the path")
+    return f"{error.strerror or error}:{where}: {advice}"
+
+
 def main(argv=None):
-    config = build_parser().parse_args(argv)
+    """Run the command the flags ask for; returns the exit status (0, 2 for bad input, 130 interrupted)."""
+    try:
+        config = build_parser().parse_args(argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     # Before any parallel CPU operation, so that every thread torch starts inherits the setting.
     if flush_subnormals(not config.keep_subnormals) == "mixed":
         print("note: torch's CPU threads started before subnormal flushing was set; some keep subnormals",
               file=sys.stderr)
+    stop_on_sigterm()
     try:
         if config.command == "train":
             train(config)
@@ -107,9 +176,18 @@ def main(argv=None):
         elif config.command in ("rx", "lrx"):
             detect_with_baseline(config, config.command)
         else:
-            benchmark(config, shlex.join(["python", "main.py", *(sys.argv[1:] if argv is None else argv)]))
+            failures = failed_jobs(benchmark(config, command_line(argv)))
+            if failures:
+                print(f"error: {failures} benchmark job(s) failed: see the 'failed' column", file=sys.stderr)
+                return 1
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # unreadable scene, unwritable or full results / checkpoints folder
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory: use --patches_per_epoch and --tile, or a smaller scene", file=sys.stderr)
         return 2
     except Interrupted as interruption:
         if str(interruption):

@@ -134,13 +134,14 @@ def load_checkpoint(path):
     return net.eval(), checkpoint
 
 
-def reconstruct(net, hsi, device, tile=None, amp="off"):
+def reconstruct(net, hsi, device, tile=None, amp="off", keep=None, out=None):
     """The network's H x W x B reconstruction of the H x W x B scene `hsi`, in eval mode.
 
     With `tile`, the scene goes through in tiles of tile x tile output pixels, each cut with a margin
     of the receptive-field radius, so memory is bounded by the tile. With BatchNorm in eval mode every
     output pixel depends only on its receptive field, so the tiled result equals the whole-scene one
     up to float rounding (reflect padding only ever happens at the scene's own borders, as before).
+    With `keep` (H x W bool), only those pixels are written, into `out` (H x W x B float32).
     """
     net = net.to(device, memory_format=torch.channels_last).eval()
     height, width, _ = hsi.shape
@@ -149,7 +150,7 @@ def reconstruct(net, hsi, device, tile=None, amp="off"):
     if tile is None:
         tile = max(height, width)
     margin = net.receptive_field_radius
-    output = np.empty(hsi.shape, np.float32)
+    output = np.empty(hsi.shape, np.float32) if out is None else out
     with torch.no_grad(), autocast(device, amp):
         for top in range(0, height, tile):
             for left in range(0, width, tile):
@@ -159,5 +160,10 @@ def reconstruct(net, hsi, device, tile=None, amp="off"):
                 window = scene[:, :, y0:y1, x0:x1].to(device).contiguous(memory_format=torch.channels_last)
                 piece = net(window)[0].float()
                 piece = piece[:, top - y0:top - y0 + bottom - top, left - x0:left - x0 + right - left]
-                output[top:bottom, left:right] = piece.permute(1, 2, 0).cpu().numpy()
+                piece = piece.permute(1, 2, 0).cpu().numpy()
+                if keep is None:
+                    output[top:bottom, left:right] = piece
+                else:
+                    kept = keep[top:bottom, left:right]
+                    output[top:bottom, left:right][kept] = piece[kept]
     return output

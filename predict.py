@@ -11,8 +11,9 @@ import scipy.io
 from dataset import load_scene
 from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_map, plot_roc, plot_roc_3d,
                         plot_separation, rx)
-from model import load_checkpoint, reconstruct
+from model import load_checkpoint
 from runs import checkpoint_path, run_directory, saved_epochs
+from scoring import score_reconstruction, scoring_name, single_scoring
 from utils import (UserError, atomic_write, atomic_write_text, auc_undefined, detection_map, min_max, resolve_device,
                    set_tf32)
 
@@ -96,11 +97,10 @@ def scene_info(hsi, gt):
 
 def predict(config):
     """Score every pixel of `config.dataset` with a trained BS3LNet; returns the metrics dict."""
+    scoring = single_scoring(config)
     device = resolve_device(config.device, config.gpu_ids)
     print(f"device: {device}")
     set_tf32(config.tf32)
-    if config.tile is not None and config.tile < 1:
-        raise UserError("--tile must be at least 1 pixel")
     path = find_checkpoint(config)
     started = time.perf_counter()
     net, checkpoint = load_checkpoint(path)
@@ -118,18 +118,23 @@ def predict(config):
         print("warning: --tile with an InstanceNorm network: each tile is normalised by its own statistics, "
               "so the tiled map differs from the whole-scene map; leave --tile out if memory allows", file=sys.stderr)
     loaded = time.perf_counter()
-    reconstructed = reconstruct(net, hsi, device, config.tile, config.amp)
+    reconstructed = score_reconstruction(net, hsi, device, config)
     inferred = time.perf_counter()
     score_map = detection_map(hsi, reconstructed)
     if config.checkpoint:
         folder = "checkpoint_" + os.path.splitext(os.path.basename(config.checkpoint))[0]
     else:
         folder = os.path.join(os.path.basename(run_directory(config)), f"epoch_{config.epochs:04d}")
-    info = dict(checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"), model_args=net.args,
+    folder = "_".join(filter(None, [folder, scoring_name(config)]))
+    scoring_info = dict(name=scoring) if scoring == "official" else dict(
+        name=scoring, repeats=config.score_repeats, seed=config.seed, size_window=config.size_window,
+        ratio=config.ratio)
+    info = dict(scoring=scoring_info, checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"), model_args=net.args,
                 train_config=checkpoint.get("config"), predict_config=vars(config), device=str(device),
                 scene=scene_info(hsi, gt),
                 seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4)))
-    return write_results(config, folder, "BS3LNet", score_map, gt,
+    method = "BS3LNet" if scoring == "official" else f"BS3LNet (blind-spot scoring, R={config.score_repeats})"
+    return write_results(config, folder, method, score_map, gt,
                          {"reconstructed_data.mat": ("reconstructed_data", reconstructed)}, info)
 
 

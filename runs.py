@@ -1,11 +1,21 @@
 """Run folders: naming, checkpoint paths, saved epochs, and the training log (the one reader and writer)."""
+import contextlib
 import glob
 import json
 import os
 import re
 
+from utils import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
+
 LOG_NAME = "train_log.tsv"
 LOG_COLUMNS = ("epoch", "loss", "seconds", "auc")
+CURVE_NAME = "training_curve.png"
+LOCK_NAME = ".lock"
 
 
 def run_directory(config):
@@ -60,3 +70,48 @@ def read_log(path):
     """The epoch rows of a training log, in file order."""
     with open(path) as log:
         return [parse_row(line) for line in log if is_row(line)]
+
+
+def earlier_run_files(run_dir):
+    """The checkpoints, log and curve of a run already in `run_dir`."""
+    files = [checkpoint_path(run_dir, e) for e in saved_epochs(run_dir)]
+    return files + [path for path in (log_path(run_dir), os.path.join(run_dir, CURVE_NAME)) if os.path.exists(path)]
+
+
+def remove_temporary_files(folder):
+    """Delete the `.tmp-*` files that a killed process left in `folder` (call while holding its lock)."""
+    for path in glob.glob(os.path.join(folder, ".tmp-*")):
+        os.remove(path)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold `run_dir` for one training at a time: a second one started meanwhile is refused.
+
+    An advisory lock (flock) on `run_dir/.lock`, released by the system if the process dies; the file
+    holds the owner's process id and is removed on release. Creating it also proves the folder writable
+    before any time is spent on training. Without fcntl (Windows) there is no lock.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, LOCK_NAME)
+    handle = open(path, "a+")
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                raise UserError(f"another training (process {owner}) is using {run_dir}: wait for it to end, "
+                                "or change --seed or --checkpoints_dir") from None
+            if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino:
+                raise UserError(f"another training just released {run_dir}: start again")
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            os.remove(path)  # while still locked, so no one else holds a lock on this file
+    finally:
+        handle.close()

@@ -1,24 +1,24 @@
 """Training: blind-spot patch pairs -> masked reconstruction loss -> Adam, with checkpoints and a log."""
+import argparse
+import contextlib
 import copy
+import math
 import os
-import random
-import shlex
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import distributed
 from dataset import BlindSpotSampler, load_scene
 from evaluation import plot_training_curve
-from model import BS3LNet, reconstruct
-from runs import checkpoint_path, is_row, log_header, log_path, log_row, run_directory, saved_epochs
-from utils import (UserError, atomic_write, atomic_write_text, auc_score, auc_undefined, autocast, detection_map,
-                   init_weights, seed_everything, set_tf32)
-
-CURVE_NAME = "training_curve.png"
+from model import BS3LNet
+from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, log_header, log_path, log_row,
+                  remove_temporary_files, run_directory, run_lock, saved_epochs)
+from scoring import score_reconstruction, single_scoring
+from utils import (UserError, atomic_write, atomic_write_text, auc_score, auc_undefined, autocast, command_line,
+                   detection_map, init_weights, seed_everything, set_tf32)
 
 # The batch order has a random stream of its own, seeded apart from the masks' stream.
 ORDER_SEED_OFFSET = 2 ** 32
@@ -28,120 +28,70 @@ class Interrupted(Exception):
     """Ctrl-C during training, after the last completed epoch was saved; the message says how to resume."""
 
 
-def masked_loss(output, label, mask, kind="l1"):
+def masked_loss(output, label, mask, kind="l1", count=None):
     """Mean over all N*B*p*p elements of |out - label| (or its square) at masked positions (mask == 0).
 
     The sum over masked entries is divided by the total element count, not the masked count, as in
     the official code. (out - label) * (1 - mask) equals the official out * (1 - mask) - label * (1 - mask)
-    exactly for a 0/1 mask, with one full-size temporary fewer.
+    exactly for a 0/1 mask, with one full-size temporary fewer. With `count`, the sum is divided by
+    `count` instead (a process's share of a batch split between processes; an empty share gives 0).
     """
     difference = (output - label).mul_(1 - mask)
-    return difference.abs().mean() if kind == "l1" else difference.square().mean()
+    errors = difference.abs() if kind == "l1" else difference.square()
+    return errors.mean() if count is None else errors.sum() / count
 
 
-def train_epoch(net, sampler, order, targets, sources, optimizer, config, scaler, desc, max_steps=None):
-    """One pass over the patches `order` (device tensor) with their masks; returns the mean batch loss.
+def train_epoch(net, optimizer, scaler, sampler, batches, config, desc):
+    """One pass over `batches` of (patch indices, targets, sources); returns the mean batch loss.
 
-    Under torchrun each global batch is split between the processes; a process's loss is weighted by
-    its share of the batch so that the averaged gradient is the gradient of the global batch's loss.
+    Under torchrun each global batch is split between the processes (distributed.shard), and each
+    process's masked sum is divided by the global batch's element count times the process count, so the
+    averaged gradient is the gradient of the global batch's loss.
     """
     net.train()
-    world, rank = distributed.world_size(), distributed.rank()
-    batches = list(zip(order.split(config.batch_size), targets.split(config.batch_size),
-                       sources.split(config.batch_size)))[:max_steps]  # the last partial batch is kept
     loss_sum = torch.zeros((), device=sampler.device)
-    progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=rank != 0)
-    for step, (patch_index, batch_targets, batch_sources) in enumerate(progress, start=1):
-        share = patch_index.tensor_split(world)[rank].numel() / patch_index.numel()
-        if world > 1:
-            patch_index, batch_targets, batch_sources = (
-                t.tensor_split(world)[rank] for t in (patch_index, batch_targets, batch_sources))
-        inputs, label, mask = sampler.batch(patch_index, batch_targets, batch_sources)
+    progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=distributed.rank() != 0)
+    for step, batch in enumerate(progress, start=1):
+        count = None
+        if distributed.world_size() > 1:
+            count = batch[0].numel() * sampler.bands * config.patch ** 2 / distributed.world_size()
+            batch = distributed.shard(batch)
+        inputs, label, mask = sampler.batch(*batch)
         with autocast(sampler.device, config.amp):
             output = net(inputs)
-        loss = masked_loss(output.float(), label, mask, config.lossm) * (share * world)
+        loss = masked_loss(output.float(), label, mask, config.lossm, count)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        if world > 1:
+        if count is not None:
             distributed.average_gradients(net)
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach()  # stays on the device: no host synchronisation per step
         if step % 10 == 0 or step == len(batches):
             progress.set_postfix(loss=f"{loss_sum.item() / step:.4f}")
-    if world > 1:
-        torch.distributed.all_reduce(loss_sum)
-        loss_sum /= world
-    return loss_sum.item() / len(batches)
+    return distributed.mean_over_processes(loss_sum).item() / len(batches)
 
 
-def earlier_run_files(run_dir):
-    """The checkpoints and log of a run already in `run_dir`."""
-    files = [checkpoint_path(run_dir, e) for e in saved_epochs(run_dir)]
-    log = log_path(run_dir)
-    return files + [log] if os.path.exists(log) else files
-
-
-def refuse_to_mix_runs(run_dir, config):
-    """Two runs never share a folder: refuse unless --resume (continue it) or --overwrite (replace it)."""
-    old_files = earlier_run_files(run_dir)
-    if old_files and not (config.resume or config.overwrite or config.dry_run):
-        raise UserError(f"{run_dir} already holds a run with this configuration ({len(old_files)} files): "
-                        "pass --resume to continue it, --overwrite to replace it, or change --seed or "
-                        "--checkpoints_dir")
-
-
-def start_run_directory(run_dir):
-    """Create the run folder; with --overwrite, first remove the earlier run's files."""
-    old_files = earlier_run_files(run_dir)
-    for path in old_files:
-        os.remove(path)
-    if old_files:
-        print(f"--overwrite: removed {len(old_files)} files of the earlier run in {run_dir}")
-    os.makedirs(run_dir, exist_ok=True)
-
-
-def random_states():
-    """Every global random state, in types that torch.load(weights_only=True) accepts."""
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                numpy=(kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-
-def restore_random_states(states):
-    random.setstate(states["python"])
-    torch.set_rng_state(states["torch"])
-    kind, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def training_state(net, optimizer, scaler, config, epoch, losses, aucs, generators):
+def training_state(session, config, epoch):
     """A checkpoint: everything `predict` needs, and everything `--resume` needs to continue exactly."""
     return copy.deepcopy(dict(
-        model=net.state_dict(), model_args=net.args, config=vars(config), epoch=epoch, losses=list(losses),
-        aucs=dict(aucs),
-        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), random_states=random_states(),
-        generators={name: g.get_state() for name, g in generators.items()}))
+        model=session.net.state_dict(), model_args=session.net.args, config=vars(config), epoch=epoch,
+        losses=list(session.losses), aucs=dict(session.aucs), optimizer=session.optimizer.state_dict(),
+        scaler=session.scaler.state_dict(),
+        generators={name: g.get_state() for name, g in session.generators.items()}))
 
 
 def save_checkpoint(path, state):
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def resume_state(run_dir):
-    """The latest checkpoint of the run in `run_dir`, or a UserError saying there is none."""
-    epochs = saved_epochs(run_dir)
-    if not epochs:
-        raise UserError(f"nothing to resume: {run_dir} holds no checkpoint; run without --resume")
-    path = checkpoint_path(run_dir, epochs[-1])
+def load_resume_state(run_dir, epoch):
+    path = checkpoint_path(run_dir, epoch)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"cannot resume from {path} ({type(error).__name__}): delete it to resume from the "
-                        "checkpoint before it")
+                        "checkpoint before it") from None
 
 
 def trim_log(path, last_epoch):
@@ -154,16 +104,10 @@ def trim_log(path, last_epoch):
 
 
 def validate(config):
-    if config.lossm not in ("l1", "l2"):
-        raise UserError(f"unknown --lossm '{config.lossm}': use l1 or l2")
-    if config.epochs < 1 or config.batch_size < 1 or config.save_freq < 1:
-        raise UserError("--epochs, --batch_size and --save_freq must be at least 1")
-    if config.patches_per_epoch is not None and config.patches_per_epoch < 1:
-        raise UserError("--patches_per_epoch must be at least 1")
+    """Checks across flags (each flag's own range is checked when it is parsed)."""
     if config.resume and config.overwrite:
         raise UserError("--resume and --overwrite contradict each other: pass one")
-    if config.eval_every is not None and config.eval_every < 1:
-        raise UserError("--eval_every must be at least 1")
+    single_scoring(config)
 
 
 def auc_tracker(config, sampler, gt):
@@ -177,26 +121,50 @@ def auc_tracker(config, sampler, gt):
 
     def scene_auc(net):
         hsi = sampler.scene().cpu().numpy()
-        return auc_score(gt, detection_map(hsi, reconstruct(net, hsi, sampler.device, amp=config.amp)))
+        return auc_score(gt, detection_map(hsi, score_reconstruction(net, hsi, sampler.device, config)))
     return scene_auc
 
 
-def train(config, after_epoch=None):
-    """Train BS3LNet on `config.dataset` as the official code does; returns the per-epoch mean losses.
+def open_run(run_dir, config, is_main):
+    """Decide what the run folder allows: the checkpoint to resume from (or None to start), or why not.
 
-    `after_epoch(epoch, net, loss)`, if given, is called after each epoch (the net is left in train mode).
+    One rule: a folder with no checkpoint holds no run (a start killed before its first checkpoint
+    leaves only a log, replaced with a note); an existing run is refused without --resume or
+    --overwrite; --resume continues from the latest checkpoint, and a run already at or past --epochs
+    has nothing to train (an error when it lacks a checkpoint of epoch --epochs).
     """
-    validate(config)
-    run_dir = run_directory(config)
-    refuse_to_mix_runs(run_dir, config)
-    device = distributed.setup(config.device, config.gpu_ids)
-    is_main = distributed.rank() == 0
-    log = print if is_main else (lambda *args, **kwargs: None)
-    world = distributed.world_size()
-    log(f"device: {device}" + (f" x {world} processes" if world > 1 else ""))
-    if config.amp == "fp16" and device.type != "cuda":
-        raise UserError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
-    set_tf32(config.tf32)
+    epochs = saved_epochs(run_dir)
+    if is_main:
+        remove_temporary_files(run_dir)
+        old_files = earlier_run_files(run_dir)
+        if old_files and (config.overwrite or not epochs):
+            for path in old_files:
+                os.remove(path)
+            print(f"--overwrite: removed {len(old_files)} files of the earlier run in {run_dir}" if epochs else
+                  f"note: an earlier start in {run_dir} left no checkpoint: starting anew")
+    if not epochs or config.overwrite:
+        if config.resume and not epochs:
+            raise UserError(f"nothing to resume: {run_dir} holds no checkpoint; run without --resume")
+        return None
+    if not config.resume:
+        hint = (f"it is trained to epoch {epochs[-1]}: predict with these flags, pass --resume with a larger "
+                "--epochs to continue it, or --overwrite to replace it") if config.epochs <= epochs[-1] else \
+            "pass --resume to continue it, --overwrite to replace it, or change --seed or --checkpoints_dir"
+        raise UserError(f"{run_dir} already holds a run with this configuration: {hint}")
+    if epochs[-1] >= config.epochs:
+        if config.epochs not in epochs:
+            raise UserError(longer_run_message(run_dir, config.epochs, epochs))
+        raise AlreadyTrained(f"{run_dir} is already trained to epoch {epochs[-1]}, with a checkpoint of epoch "
+                             f"{config.epochs}: nothing to train (predict with these flags uses it)")
+    return load_resume_state(run_dir, epochs[-1])
+
+
+class AlreadyTrained(Exception):
+    """--resume on a run that has a checkpoint of epoch --epochs already: nothing to do."""
+
+
+def set_up(config, device, resumed):
+    """The scene's sampler and map, the network, optimiser, random streams and masks, as of `resumed`."""
     started = time.perf_counter()
     hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
     seed_everything(config.seed)
@@ -209,97 +177,191 @@ def train(config, after_epoch=None):
     generators = dict(masks=torch.Generator().manual_seed(config.seed),
                       order=torch.Generator().manual_seed(config.seed + ORDER_SEED_OFFSET))
     net = BS3LNet(sampler.bands, config.nch_ker, config.nblk, config.norm_mode)
-    init_weights(net, config.init_weight_type, config.init_gain)
+    init_weights(net, config.init_weight_type, config.init_gain)  # from torch's global stream, as officially
     # The sampler's patches are laid out channels-last already; with the weights in the same layout the
     # CPU convolutions ran 15 % faster (bench/cpu_variants.py), with results equal up to float rounding.
     net.to(device, memory_format=torch.channels_last)
-    if world > 1:
+    if distributed.world_size() > 1:
         distributed.synchronise_batch_norm(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate, betas=(0.5, 0.999),
                                  weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    losses, aucs, first_epoch = [], {}, 1
-    scene_auc = auc_tracker(config, sampler, gt) if is_main and not config.dry_run else None
-    if config.resume and not config.dry_run:
-        state = resume_state(run_dir)
+    session = argparse.Namespace(sampler=sampler, gt=gt, net=net, optimizer=optimizer, scaler=scaler,
+                                 generators=generators, losses=[], aucs={}, first_epoch=1)
+    if resumed is not None:
         try:
-            net.load_state_dict(state["model"])
+            net.load_state_dict(resumed["model"])
         except RuntimeError:
-            raise UserError(f"the checkpoint in {run_dir} does not fit this scene's {sampler.bands} bands: was "
-                            f"{config.dataset}.mat replaced? Resume with the scene it was trained on") from None
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        restore_random_states(state["random_states"])
-        losses, aucs, first_epoch = list(state["losses"]), dict(state["aucs"]), state["epoch"] + 1
+            raise UserError(f"the checkpoint does not fit this scene's {sampler.bands} bands: was the scene "
+                            f"{config.dataset} replaced? Resume with the scene it was trained on") from None
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        session.losses, session.aucs = list(resumed["losses"]), dict(resumed["aucs"])
+        session.first_epoch = resumed["epoch"] + 1
     # The official code draws every mask once, before training; --remask draws them per epoch instead.
-    masks = None if config.remask else tuple(m.to(device) for m in sampler.draw_masks(generators["masks"]))
-    if config.resume and not config.dry_run:
+    session.masks = None if config.remask else tuple(m.to(device) for m in sampler.draw_masks(generators["masks"]))
+    if resumed is not None:
         for name, generator in generators.items():  # after the initial draw, which they already include
-            generator.set_state(state["generators"][name])
-    patches = config.patches_per_epoch or sampler.num_patches
-    log(f"scene {config.dataset}: {sampler.height} x {sampler.width} pixels, {sampler.bands} bands; "
-        f"{patches} patches of {config.patch} x {config.patch} per epoch, {sampler.n_targets} blind spots each; "
-        f"set-up {time.perf_counter() - started:.2f} s")
+            generator.set_state(resumed["generators"][name])
+    session.patches = config.patches_per_epoch or sampler.num_patches
+    if distributed.rank() == 0:
+        print(f"scene {config.dataset}: {sampler.height} x {sampler.width} pixels, {sampler.bands} bands; "
+              f"{session.patches} patches of {config.patch} x {config.patch} per epoch, {sampler.n_targets} "
+              f"blind spots each; set-up {time.perf_counter() - started:.2f} s")
+    return session
 
-    def epoch_batches():
-        order = torch.randperm(sampler.num_patches, generator=generators["order"])[:patches]
-        if masks is None:
-            targets, sources = sampler.draw_masks(generators["masks"], patches)
-            return order.to(device), targets.to(device), sources.to(device)
+
+def epoch_batches(session, config):
+    """The epoch's batches of (patch indices, targets, sources) on the training device; last one partial."""
+    device = session.sampler.device
+    order = torch.randperm(session.sampler.num_patches, generator=session.generators["order"])[:session.patches]
+    if session.masks is None:
+        targets, sources = session.sampler.draw_masks(session.generators["masks"], session.patches)
+        order, targets, sources = order.to(device), targets.to(device), sources.to(device)
+    else:
         order = order.to(device)
-        return order, masks[0][order], masks[1][order]
+        targets, sources = session.masks[0][order], session.masks[1][order]
+    return list(zip(order.split(config.batch_size), targets.split(config.batch_size),
+                    sources.split(config.batch_size)))
 
-    if config.dry_run:
-        loss = train_epoch(net, sampler, *epoch_batches(), optimizer, config, scaler, "dry run", max_steps=1)
-        log(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
-        return [loss]
 
-    log_file_path = log_path(run_dir)
-    if is_main:
-        if config.resume:
-            trim_log(log_file_path, first_epoch - 1)
-            print(f"resuming {run_dir} after epoch {first_epoch - 1}")
-        else:
-            start_run_directory(run_dir)
-            with open(log_file_path, "w") as log_file:
-                log_file.write(log_header(vars(config), net.args, sum(p.numel() for p in net.parameters())))
-    snapshot, saved_epoch = None, first_epoch - 1
-    epoch = first_epoch
+def start_log(run_dir, config, session):
+    """A new run's log (configuration and network on its first lines), or a resumed run's log trimmed."""
+    if session.first_epoch > 1:
+        trim_log(log_path(run_dir), session.first_epoch - 1)
+        print(f"resuming {run_dir} after epoch {session.first_epoch - 1}")
+        return
+    parameters = sum(p.numel() for p in session.net.parameters())
+    atomic_write_text(log_path(run_dir), log_header(vars(config), session.net.args, parameters))
+
+
+def run_epochs(run_dir, config, session, after_epoch):
+    """Train epochs first_epoch..--epochs: log each, score it with --eval_every, save every --save_freq.
+
+    On Ctrl-C (or SIGTERM) the last completed epoch is saved and Interrupted says how to continue.
+    """
+    is_main = distributed.rank() == 0
+    scene_auc = auc_tracker(config, session.sampler, session.gt) if is_main else None
+    snapshot, saved_epoch, epoch = None, session.first_epoch - 1, session.first_epoch
     try:
-        for epoch in range(first_epoch, config.epochs + 1):
+        for epoch in range(session.first_epoch, config.epochs + 1):
             epoch_start = time.perf_counter()
-            loss = train_epoch(net, sampler, *epoch_batches(), optimizer, config, scaler,
-                               f"epoch {epoch}/{config.epochs}")
+            loss = train_epoch(session.net, session.optimizer, session.scaler, session.sampler,
+                               epoch_batches(session, config), config, f"epoch {epoch}/{config.epochs}")
             seconds = time.perf_counter() - epoch_start
-            losses.append(loss)
+            if not math.isfinite(loss):
+                raise UserError(f"the training loss became {loss} in epoch {epoch}: the scene's values (largest "
+                                f"{session.sampler.pixels.abs().max().item():.3g}) are too large for float32 "
+                                "training; rescale the scene. Epochs before it are saved as usual")
+            session.losses.append(loss)
             if scene_auc is not None and epoch % config.eval_every == 0:
-                aucs[epoch] = scene_auc(net)
-            snapshot = training_state(net, optimizer, scaler, config, epoch, losses, aucs, generators)
+                session.aucs[epoch] = scene_auc(session.net)
+            snapshot = training_state(session, config, epoch)
             if is_main:
-                with open(log_file_path, "a") as log_file:
-                    log_file.write(log_row(epoch, loss, seconds, aucs.get(epoch)))
-                print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s"
-                      + (f"  AUC {aucs[epoch]:.6f}" if epoch in aucs else ""))
-                if epoch in aucs:  # redrawn at each evaluation, so an interrupted run has its curve too
-                    plot_training_curve(os.path.join(run_dir, CURVE_NAME), losses, aucs, config.dataset)
+                record_epoch(run_dir, config, session, epoch, seconds)
                 if epoch % config.save_freq == 0 or epoch == config.epochs:
                     save_checkpoint(checkpoint_path(run_dir, epoch), snapshot)
                     saved_epoch = epoch
             if after_epoch is not None:
-                after_epoch(epoch, net, loss)
-                net.train()
+                after_epoch(epoch, session.net, loss)
+                session.net.train()
     except KeyboardInterrupt:
-        if not is_main:
-            raise Interrupted("")
-        if snapshot is None:
-            if not config.resume:
-                os.remove(log_file_path)  # nothing trained: leave no half-started run behind
-            raise Interrupted(f"interrupted during epoch {epoch} before any epoch completed; nothing saved")
-        if saved_epoch != snapshot["epoch"]:
-            save_checkpoint(checkpoint_path(run_dir, snapshot["epoch"]), snapshot)
-        command = shlex.join(["python", *sys.argv]) if sys.argv[0].endswith("main.py") else "the same command"
-        resume = "" if "--resume" in sys.argv else " --resume"
-        raise Interrupted(f"interrupted during epoch {epoch}; epoch {snapshot['epoch']} is saved in {run_dir}. "
-                          f"Continue with: {command}{resume}")
-    log(f"checkpoints and log in {run_dir}")
-    return losses
+        raise interruption(run_dir, config, epoch, snapshot, saved_epoch, is_main) from None
+    print(f"checkpoints and log in {run_dir}") if is_main else None
+    return session.losses
+
+
+def record_epoch(run_dir, config, session, epoch, seconds):
+    """The epoch's log row and printed line; the AUC curve redrawn after each evaluation."""
+    loss, auc = session.losses[-1], session.aucs.get(epoch)
+    with open(log_path(run_dir), "a") as log_file:
+        log_file.write(log_row(epoch, loss, seconds, auc))
+    print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s" + (f"  AUC {auc:.6f}" if auc else ""))
+    if auc is not None:  # redrawn at each evaluation, so an interrupted run has its curve too
+        plot_training_curve(os.path.join(run_dir, CURVE_NAME), session.losses, session.aucs, config.dataset)
+
+
+def interruption(run_dir, config, epoch, snapshot, saved_epoch, is_main):
+    """Save the last completed epoch if it is not saved yet; the Interrupted exception that says what to do."""
+    if not is_main:
+        return Interrupted("")
+    resume = command_line(extra=["--resume"]) if sys.argv[0].endswith("main.py") else "the same command with --resume"
+    if snapshot is None:
+        epochs = saved_epochs(run_dir)
+        if not epochs:
+            for path in earlier_run_files(run_dir):  # nothing trained: leave no half-started run behind
+                os.remove(path)
+            return Interrupted(f"interrupted during epoch {epoch} before any epoch completed; nothing saved")
+        return Interrupted(f"interrupted during epoch {epoch} before it completed; the run's checkpoints (up to "
+                           f"epoch {epochs[-1]}) are as they were in {run_dir}. Continue with: {resume}")
+    if saved_epoch != snapshot["epoch"]:
+        save_checkpoint(checkpoint_path(run_dir, snapshot["epoch"]), snapshot)
+    return Interrupted(f"interrupted during epoch {epoch}; epoch {snapshot['epoch']} is saved in {run_dir}. "
+                       f"Continue with: {resume}")
+
+
+def train(config, after_epoch=None):
+    """Train BS3LNet on `config.dataset` as the official code does; returns the per-epoch mean losses.
+
+    `after_epoch(epoch, net, loss)`, if given, is called after each epoch (the net is left in train mode).
+    """
+    validate(config)
+    device = distributed.setup(config.device, config.gpu_ids)
+    is_main = distributed.rank() == 0
+    if is_main:
+        print(f"device: {device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1
+                                     else ""))
+    if config.amp == "fp16" and device.type != "cuda":
+        raise UserError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
+    set_tf32(config.tf32)
+    if config.dry_run:
+        return dry_run(config, device)
+    run_dir = run_directory(config)
+    with run_lock(run_dir) if is_main else contextlib.nullcontext():
+        try:
+            resumed = open_run(run_dir, config, is_main)
+        except AlreadyTrained as done:
+            print(done) if is_main else None
+            return torch.load(checkpoint_path(run_dir, config.epochs), weights_only=True)["losses"]
+        session = set_up(config, device, resumed)
+        if is_main:
+            start_log(run_dir, config, session)
+        return run_epochs(run_dir, config, session, after_epoch)
+
+
+def dry_run(config, device):
+    """Train one batch to check the data and settings; save nothing."""
+    session = set_up(config, device, None)
+    loss = train_epoch(session.net, session.optimizer, session.scaler, session.sampler,
+                       epoch_batches(session, config)[:1], config, "dry run")
+    print(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
+    return [loss]
+
+
+def ensure_trained(config):
+    """Make sure the run these flags describe has a checkpoint of epoch --epochs; returns its folder.
+
+    The one rule for an existing run: its epoch-N checkpoint is used when it exists (the first N epochs
+    of a longer run are the same weights), a shorter run is extended, and a longer run without a
+    checkpoint of epoch N is an error that names the epochs it has.
+    """
+    run_dir = run_directory(config)
+    epochs = saved_epochs(run_dir)
+    if config.overwrite:
+        train(config)
+    elif config.epochs in epochs:
+        print(f"reusing epoch {config.epochs} of the trained run {run_dir}")
+    elif epochs and epochs[-1] < config.epochs:
+        print(f"extending the run in {run_dir} from epoch {epochs[-1]} to {config.epochs}")
+        train(argparse.Namespace(**{**vars(config), "resume": True, "overwrite": False}))
+    elif epochs:
+        raise UserError(longer_run_message(run_dir, config.epochs, epochs))
+    else:
+        train(config)
+    return run_dir
+
+
+def longer_run_message(run_dir, wanted, epochs):
+    return (f"{run_dir} holds a run to epoch {epochs[-1]} with checkpoints of epochs "
+            f"{', '.join(map(str, epochs))} but none of epoch {wanted}: pass one of those as --epochs, "
+            "or --overwrite to train it anew")

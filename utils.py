@@ -1,6 +1,8 @@
 """Shared helpers: user-facing errors, seeding, devices, weight init, metrics, safe file writes."""
 import os
 import random
+import shlex
+import sys
 import tempfile
 
 import numpy as np
@@ -124,6 +126,21 @@ def atomic_write_text(path, text):
         with open(tmp_path, "w") as handle:
             handle.write(text)
     atomic_write(path, write)
+
+
+def command_line(argv=None, extra=()):
+    """The shell command that runs this program again with `argv` (default: this process's) plus `extra`.
+
+    With the interpreter in use, and under torchrun with its launcher and process count.
+    """
+    args = [*(sys.argv[1:] if argv is None else argv), *(a for a in extra if a not in (argv or sys.argv))]
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        launcher = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])]
+    else:
+        launcher = [sys.executable]
+    relative = os.path.relpath(script)
+    return shlex.join([*launcher, script if relative.startswith("..") else relative, *args])
 
 
 def set_tf32(enabled):

@@ -3,13 +3,13 @@
     python bench/speed.py [--scene ../shared/data/sandiego-100x100x189-58px.mat] [--steps 20] [--big]
 
 For each available device (cpu, and cuda when present) and precision (fp32 = the faithful default,
-bf16, and fp16 on GPU) a fresh child process trains `--steps` steps with the default flags and
+bf16, and tf32 and fp16 on GPU) a fresh child process trains `--steps` steps with the default flags and
 predicts the whole scene. Reported: peak resident memory of the child after training and after
 predicting (the bench itself loads the scene again for the prediction), seconds from the start of
 `train()` to the end of the first step, seconds per step (median after the first), the epoch time
 that implies (H*W / batch steps), the projected 1000-epoch time, and the whole-scene predict time.
 `--big` adds a generated 1000 x 1000 x 189 scene (a few steps, CPU, tiled prediction) to show that
-memory grows with the scene alone.
+memory grows with the scene alone. `--json FILE` also writes the measurements, unrounded, to FILE.
 """
 import argparse
 import json
@@ -47,9 +47,11 @@ def child(args):
     else:
         data_dir, dataset = os.path.split(os.path.abspath(args.scene))
         dataset = os.path.splitext(dataset)[0]
+    amp = "off" if args.precision == "tf32" else args.precision  # tf32 = fp32 with --tf32
     config = build_parser().parse_args([
-        "--dataset", dataset, "--data_dir", data_dir, "--device", args.device, "--amp", args.precision,
-        "--checkpoints_dir", work, "--epochs", "1", "--patches_per_epoch", str(args.steps * 100)])
+        "--dataset", dataset, "--data_dir", data_dir, "--device", args.device, "--amp", amp,
+        "--checkpoints_dir", work, "--epochs", "1", "--patches_per_epoch", str(args.steps * 100),
+        *(["--tf32"] if args.precision == "tf32" else [])])
     step_ends = []
     real_loss = train_module.masked_loss
 
@@ -69,7 +71,7 @@ def child(args):
     hsi = np.asarray(scipy.io.loadmat(os.path.join(data_dir, dataset + ".mat"))["data"], np.float32)
     net = captured["net"]
     predict_start = time.perf_counter()
-    reconstruct(net, hsi, config_device, tile=args.tile, amp=args.precision)
+    reconstruct(net, hsi, config_device, tile=args.tile, amp=amp)
     if config_device.type == "cuda":
         torch.cuda.synchronize()
     predict_seconds = time.perf_counter() - predict_start
@@ -91,7 +93,9 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--big", action="store_true")
     parser.add_argument("--device", default=None, help="measure only this device (default: cpu and cuda if any)")
-    parser.add_argument("--precisions", default=None, help="comma-separated (default: all for the device)")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated fp32, tf32, bf16, fp16 (default: all for the device)")
+    parser.add_argument("--json", default=None, help="also write the measured rows to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="off", help=argparse.SUPPRESS)
     parser.add_argument("--generate", default=None, help=argparse.SUPPRESS)
@@ -103,7 +107,7 @@ def main():
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     jobs = []
     for device in devices:
-        precisions = ["off", "bf16"] + (["fp16"] if device.startswith("cuda") else [])
+        precisions = ["off", "bf16"] + (["tf32", "fp16"] if device.startswith("cuda") else [])
         if args.precisions:
             precisions = [p.replace("fp32", "off") for p in args.precisions.split(",")]
         jobs += [(device, p, ["--scene", args.scene]) for p in precisions]
@@ -130,8 +134,16 @@ def main():
         precision = "fp32" if r["precision"] == "off" else r["precision"]
         print(f"| {r['scene']} ({r['scene_mib']:.0f}) | {r['device']} ({r['threads']} threads) | {precision} | "
               f"{r['train_peak_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
-              f"{gpu_peak} | {r['first_step_s']:.2f} | {r['step_s']:.3f} | {r['epoch_s']:.1f} | "
-              f"{r['epoch_s'] * 1000 / 3600:.1f} h | {r['predict_s']:.2f} |")
+              f"{gpu_peak} | {r['first_step_s']:.2f} | {r['step_s']:.4g} | {r['epoch_s']:.3g} | "
+              f"{duration(r['epoch_s'] * 1000)} | {r['predict_s']:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+def duration(seconds):
+    """Hours above one hour, else minutes: a GPU's 1000 epochs round to 0.0 h."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ import pytest
 import scipy.io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+# BS3LNET_SHARED names another folder laid out like ../shared (data/, reference/), such as the copy that
+# bench/gpu_check.py carries to a GPU machine.
+SHARED = os.path.abspath(os.environ.get("BS3LNET_SHARED") or os.path.join(os.path.dirname(ROOT), "shared"))
 REFERENCE = os.path.join(SHARED, "reference")
 SHARED_DATA = os.path.join(SHARED, "data")
 sys.path.insert(0, ROOT)

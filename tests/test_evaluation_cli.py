@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import sys
 
 import numpy as np
 import scipy.io
@@ -82,23 +83,54 @@ def test_benchmark_reports_every_scene_and_goes_on_after_a_failure(scene_dir, ca
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1", "--win_in", "1", "--win_out", "3")
     code = main(["--command", "benchmark", "--datasets", "tiny,missing,tiny2", "--seeds", "1,2",
                  "--methods", "bs3lnet,rx,lrx", *flags])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "[1/12] tiny: bs3lnet, seed 1" in out
+    assert code == 1  # a failed job makes the benchmark fail, after every other job ran
+    captured = capsys.readouterr()
+    assert "[1/12] tiny: bs3lnet, seed 1" in captured.out and "4 benchmark job(s) failed" in captured.err
     table = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
-    assert "| missing | bs3lnet | failed: scene file" in table
+    assert "| missing | bs3lnet | – | – | – | – | 0 | 2: scene file" in table  # never in the AUC column
     assert table.count("**") >= 4  # a best method in bold for each scene that ran
     with open(scene_dir / "results" / "benchmark" / "benchmark.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 9
     tiny = {r["method"]: r for r in rows if r["dataset"] == "tiny"}
-    assert tiny["bs3lnet"]["runs"] == "2" and tiny["rx"]["runs"] == "1"
+    assert tiny["bs3lnet"]["runs"] == "2" and tiny["rx"]["runs"] == "1" and tiny["rx"]["failed"] == "0"
     assert float(tiny["bs3lnet"]["auc_std"]) >= 0 and float(tiny["bs3lnet"]["train_seconds"]) > 0
     assert all(0 <= float(tiny[m]["auc"]) <= 1 for m in tiny)
     # a second benchmark reuses the trained runs instead of refusing or retraining them
     assert main(["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet",
                  *flags]) == 0
-    assert "reusing the trained run" in capsys.readouterr().out
+    assert "reusing epoch 1 of the trained run" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_the_benchmark_keeps_finished_jobs_and_says_how_to_continue(scene_dir, capsys, monkeypatch):
+    import benchmark
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
+    calls = []
+
+    def run_one(config, method, scoring_list):
+        calls.append(method)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_one(config, method, scoring_list)
+    real_run_one = benchmark.run_one
+    monkeypatch.setattr(benchmark, "run_one", run_one)
+    code = main(["--command", "benchmark", "--seeds", "1", "--methods", "rx,lrx,bs3lnet", *flags])
+    assert code == 130 and calls == ["rx", "lrx"]  # stopped: the third job never started
+    err = capsys.readouterr().err
+    assert "interrupted during job 2 of 3" in err and f"Continue with: {sys.executable} main.py --command benchmark" in err
+    table = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
+    assert "Interrupted during job 2 of 3" in table
+    assert [line.split("|")[7].strip() for line in table.splitlines() if line.startswith("| tiny")] == ["1", "0", "0"]
+
+
+def test_a_benchmark_extends_a_shorter_run_and_names_the_epochs_of_a_longer_one(scene_dir, capsys):
+    flags = cli_flags(scene_dir, "tiny", "--seeds", "1", "--methods", "bs3lnet")
+    assert main(["--command", "benchmark", *flags, "--epochs", "2"]) == 0
+    assert main(["--command", "benchmark", *flags, "--epochs", "3"]) == 0
+    assert "extending the run" in capsys.readouterr().out
+    assert main(["--command", "benchmark", *flags, "--epochs", "1"]) == 1  # a longer run lacks epoch 1
+    assert "none of epoch 1: pass one of those as --epochs" in (scene_dir / "results" / "benchmark" /
+                                                               "benchmark.md").read_text()
 
 
 def test_benchmark_rejects_unknown_methods(scene_dir, capsys):

@@ -131,10 +131,12 @@ def draw_without_dedup(sampler, generator):
     others = torch.randint(0, p * p - 1, (num, n - 1), generator=generator)
     others += (others >= centre).long()
     targets = torch.cat([torch.full((num, 1), centre), others], dim=1)
-    side = sampler.offset_high - sampler.offset_low
+    w = sampler.size_window
+    low, high = -w // 2 + w % 2, w // 2 + w % 2  # the spec's window, Python floor division
+    side = high - low
     slot = torch.randint(0, side * side - 1, (num, n), generator=generator)
-    slot += (slot >= -sampler.offset_low * (side + 1)).long()
-    dy, dx = slot // side + sampler.offset_low, slot % side + sampler.offset_low
+    slot += (slot >= -low * (side + 1)).long()
+    dy, dx = slot // side + low, slot % side + low
     return targets, ((targets // p + dy) % p) * p + (targets % p + dx) % p
 
 

@@ -1,0 +1,116 @@
+"""Scoring a scene with a trained network: the official whole-scene reconstruction, or blind-spot scoring.
+
+The official prediction shows the network every pixel, an input it never saw in training, and
+whatever it passes through of a visible pixel it passes through of an anomaly too. Blind-spot
+scoring reconstructs each pixel the way training did: hidden behind a neighbour's spectrum.
+"""
+import numpy as np
+import torch
+
+from dataset import window_offsets
+from model import reconstruct
+from utils import UserError
+
+SCORINGS = ("official", "blindspot")
+# Redraws of a source that fell inside its own group (a few % of draws) before giving up on a pixel.
+MAX_REDRAWS = 64
+
+
+def scorings(text):
+    """The --scoring list: names from SCORINGS, comma-separated (one for predict and train)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCORINGS]
+    if unknown or not names:
+        raise UserError(f"unknown --scoring '{text}': use {' or '.join(SCORINGS)}")
+    return names
+
+
+def single_scoring(config):
+    """The one scoring `config` asks for."""
+    names = scorings(config.scoring)
+    if len(names) > 1:
+        raise UserError(f"--scoring {config.scoring}: give one scoring here (a list only for --command benchmark)")
+    return names[0]
+
+
+def group_count(ratio):
+    """Groups of blind-spot scoring: each holds about 1 - ratio of the pixels, the training density."""
+    return max(2, round(1 / (1 - ratio)))
+
+
+def reflect(index, size):
+    """numpy's 'reflect' padding (edge not repeated) of indices at most size - 1 outside [0, size)."""
+    index = index.abs()
+    return torch.where(index >= size, 2 * (size - 1) - index, index)
+
+
+def blindspot_partition(height, width, size_window, ratio, generator):
+    """One random partition of the H*W pixels into groups, and a source pixel for every pixel.
+
+    Returns (group, source), each H*W int64 in row-major pixel order. Pixels go to `group_count(ratio)`
+    groups of equal size (within one) by a random permutation. A pixel's source is the pixel at a random
+    offset of the training window (never (0, 0)), reflected at the scene's borders as the padded training
+    patches are; a source inside the pixel's own group is redrawn, so that a group's pass shows none
+    of the group's own spectra, neither in place nor copied to a neighbour.
+    """
+    pixels = height * width
+    groups = group_count(ratio)
+    group = torch.empty(pixels, dtype=torch.long)
+    group[torch.randperm(pixels, generator=generator)] = torch.arange(pixels) % groups
+    offsets = window_offsets(size_window)
+    if offsets.abs().max() >= min(height, width):
+        raise UserError(f"--size_window {size_window} is too large for a {height} x {width} scene: "
+                        f"use at most {2 * min(height, width) - 1}")
+    row, col = torch.arange(pixels).div(width, rounding_mode="floor"), torch.arange(pixels) % width
+    source = torch.empty(pixels, dtype=torch.long)
+    pending = torch.arange(pixels)
+    for _ in range(MAX_REDRAWS):
+        slot = torch.randint(0, len(offsets), (len(pending),), generator=generator)
+        drawn = (reflect(row[pending] + offsets[slot, 0], height) * width
+                 + reflect(col[pending] + offsets[slot, 1], width))
+        source[pending] = drawn
+        pending = pending[group[drawn] == group[pending]]
+        if len(pending) == 0:
+            return group, source
+    raise UserError(f"blind-spot scoring found no source outside its group for {len(pending)} pixels: "
+                    "raise --size_window or --ratio")
+
+
+def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1, tile=None, amp="off"):
+    """Each pixel's reconstruction with its own spectrum hidden, averaged over `repeats` partitions.
+
+    For every group of a partition, one pass of the whole scene (or tile by tile) in which each pixel of
+    the group shows its source's spectrum; the reconstruction is kept at the group's pixels only. A
+    pixel's result so never depends on its own spectrum. Seeded by `seed`: deterministic on one device.
+    """
+    height, width, bands = hsi.shape
+    generator = torch.Generator().manual_seed(seed)
+    shown = np.array(hsi, np.float32)  # the scene as one pass shows it; restored after each group
+    flat_scene, flat_shown = hsi.reshape(-1, bands), shown.reshape(-1, bands)
+    total = np.zeros(hsi.shape, np.float32) if repeats > 1 else None
+    output = np.empty(hsi.shape, np.float32)
+    for _ in range(repeats):
+        group, source = blindspot_partition(height, width, size_window, ratio, generator)
+        for g in range(group_count(ratio)):
+            members = torch.nonzero(group == g).squeeze(1).numpy()
+            flat_shown[members] = flat_scene[source[members].numpy()]
+            keep = np.zeros(height * width, bool)
+            keep[members] = True
+            reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=output)
+            flat_shown[members] = flat_scene[members]
+        if total is not None:
+            total += output
+    return output if total is None else total / np.float32(repeats)
+
+
+def score_reconstruction(net, hsi, device, config):
+    """The reconstruction that `config.scoring` scores: official (whole scene, every pixel shown) or blindspot."""
+    if single_scoring(config) == "official":
+        return reconstruct(net, hsi, device, config.tile, config.amp)
+    return blindspot_reconstruct(net, hsi, device, config.size_window, config.ratio, config.seed,
+                                 config.score_repeats, config.tile, config.amp)
+
+
+def scoring_name(config):
+    """How results name the scoring: '' for official, e.g. 'blindspot_r4' otherwise."""
+    return "" if single_scoring(config) == "official" else f"blindspot_r{config.score_repeats}"
