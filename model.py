@@ -108,18 +108,41 @@ def model_args_from_state_dict(state_dict):
 def load_checkpoint(path):
     """Load a checkpoint of ours or an official `.pkl`; returns (model in eval mode, checkpoint dict).
 
-    The checkpoint dict has `model`, `model_args` and, for ours, `config` and `epoch`.
+    The checkpoint dict has `model`, `model_args` and, for ours, `config` and `epoch`. Only tensors and
+    plain data are read (weights_only), so a file cannot run code; anything else is a UserError.
     """
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist: train first or pass --checkpoint PATH")
-    except Exception as error:  # a truncated or foreign file; say which and why in one line
-        raise UserError(f"cannot read checkpoint {path} ({type(error).__name__}: {str(error).splitlines()[0]}): "
-                        "pass a checkpoint written by this tool or an official BS3LNet .pkl")
+        raise UserError(f"checkpoint {path} does not exist: train first or pass --checkpoint PATH") from None
+    except IsADirectoryError:
+        raise UserError(f"checkpoint {path} is a folder: pass a checkpoint file (epoch_NNNN.pt or a .pkl)") from None
+    except Exception as error:  # truncated, not a torch file, or holding objects a safe load refuses
+        raise UserError(f"cannot read checkpoint {path} ({unreadable_reason(error)}): pass a checkpoint written "
+                        "by this tool or an official BS3LNet .pkl") from None
+    try:
+        return network_from_checkpoint(checkpoint)
+    except UserError as error:
+        raise UserError(f"checkpoint {path}: {error}") from None
+    except Exception as error:  # a readable file with the wrong contents
+        raise UserError(f"checkpoint {path} holds no usable BS3LNet weights ({type(error).__name__}): pass a "
+                        "checkpoint written by this tool or an official BS3LNet .pkl") from None
+
+
+def unreadable_reason(error):
+    """Why torch.load failed, in words of our own (torch's own advice would suggest an unsafe load)."""
+    text = str(error)
+    if "weights_only" in text or "Weights only" in text:
+        return "it holds Python objects other than tensors and plain data, which are not loaded since they can run code"
+    if "zip" in text.lower() or isinstance(error, EOFError):
+        return "the file is truncated or not a PyTorch file"
+    return f"{type(error).__name__}: not a PyTorch checkpoint, or a damaged one"
+
+
+def network_from_checkpoint(checkpoint):
+    """(model in eval mode, checkpoint dict) from the loaded contents of a checkpoint file."""
     if not isinstance(checkpoint, dict):
-        raise UserError(f"checkpoint {path} is not a state_dict: pass a checkpoint written by this tool "
-                        "or an official BS3LNet .pkl")
+        raise UserError("it is not a state_dict: pass a checkpoint written by this tool or an official BS3LNet .pkl")
     if "model" not in checkpoint:  # the official code saves a bare state_dict
         checkpoint = {"model": checkpoint}
     state_dict = from_official_state_dict(checkpoint["model"])
@@ -128,8 +151,7 @@ def load_checkpoint(path):
     try:
         net.load_state_dict(state_dict)
     except RuntimeError as error:
-        raise UserError(f"checkpoint {path} does not fit a BS3LNet with {model_args}: "
-                        f"{str(error).splitlines()[0]}")
+        raise UserError(f"it does not fit a BS3LNet with {model_args}: {str(error).splitlines()[0]}") from None
     checkpoint.update(model=state_dict, model_args=model_args)
     return net.eval(), checkpoint
 

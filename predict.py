@@ -1,8 +1,11 @@
 """Prediction: reconstruct the whole scene, score each pixel by its reconstruction error, write results."""
+import glob
+import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -14,11 +17,10 @@ from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_ma
 from model import load_checkpoint
 from runs import checkpoint_path, run_directory, saved_epochs
 from scoring import score_reconstruction, scoring_name, single_scoring
-from utils import (UserError, atomic_write, atomic_write_text, auc_undefined, detection_map, min_max, resolve_device,
-                   set_tf32)
+from utils import (UserError, atomic_write_text, auc_undefined, detection_map, follow_umask, min_max,
+                   resolve_device, set_tf32, sync_to_disk)
 
-RESULT_FILES = ("detectmap.mat", "reconstructed_data.mat", "detectmap.png", "roc.png", "roc3d.png",
-                "separation.png", "metrics.json")
+LATEST = "latest"  # <results_dir>/<dataset>/latest: a link to the folder of the latest results
 
 
 def find_checkpoint(config):
@@ -38,56 +40,100 @@ def find_checkpoint(config):
 def write_results(config, folder, method, score_map, gt, arrays=None, info=None):
     """Write a method's score map, figures and metrics.json; returns the metrics.
 
-    Files go to <results_dir>/<dataset>/<folder>/ (one folder per configuration) and are copied to
-    <results_dir>/<dataset>/, which so always holds the latest results.
+    Files go to <results_dir>/<dataset>/<folder>/ (one folder per configuration), written completely in a
+    staging folder first and then moved into place, and <results_dir>/<dataset>/latest is switched to
+    that folder in one step: a kill at any moment leaves each view one run's files, never a mixture.
     """
-    latest_dir = os.path.join(config.results_dir, config.dataset)
-    out_dir = os.path.join(latest_dir, folder)
-    if os.path.exists(os.path.join(out_dir, "metrics.json")):
-        print(f"replacing the earlier results of this configuration in {out_dir}")
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-
-    def output(name, write):
-        atomic_write(os.path.join(out_dir, name), write)
-        written.append(name)
-
-    output("detectmap.mat", lambda tmp: scipy.io.savemat(tmp, {"detectmap": score_map}))
-    for name, (key, value) in (arrays or {}).items():
-        output(name, lambda tmp, key=key, value=value: scipy.io.savemat(tmp, {key: value}))
-    metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=auc_undefined(gt), metrics_3d=None,
-                   **(info or {}))
-    if metrics["auc_note"] is None:
-        metrics["metrics_3d"] = metrics_3d(gt, score_map)
-        metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
-    title = f"{config.dataset}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
-    figures = {"detectmap.png": lambda path: plot_detection_map(path, score_map, gt, title)}
-    if metrics["auc"] is not None:
-        curves = {method: (gt, score_map)}
-        figures.update({
-            "roc.png": lambda path: plot_roc(path, curves, log_pf=config.roc_log, title=f"{config.dataset}: ROC"),
-            "roc3d.png": lambda path: plot_roc_3d(path, curves, title=f"{config.dataset}: 3D ROC"),
-            "separation.png": lambda path: plot_separation(path, {method: score_map}, gt,
-                                                           title=f"{config.dataset}: score separation")})
-    for name, plot in figures.items():  # each plot writes its file atomically
-        plot(os.path.join(out_dir, name))
-        written.append(name)
-    metrics["results"] = os.path.abspath(out_dir)
-    atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
-    written.append("metrics.json")
-    for name in written:
-        atomic_write(os.path.join(latest_dir, name), lambda tmp, name=name: shutil.copyfile(
-            os.path.join(out_dir, name), tmp))
-    for stale in set(RESULT_FILES) - set(written):  # the latest folder holds one method's files, no mixture
-        if os.path.exists(os.path.join(latest_dir, stale)):
-            os.remove(os.path.join(latest_dir, stale))
+    dataset_dir = os.path.join(config.results_dir, config.dataset)
+    out_dir = os.path.join(dataset_dir, folder)
+    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+    remove_abandoned_staging(os.path.dirname(out_dir))
+    staging = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".tmp-{os.getpid()}-")
+    try:
+        metrics = write_result_files(config, staging, method, score_map, gt, arrays, info)
+        metrics["results"] = os.path.abspath(out_dir)
+        atomic_write_text(os.path.join(staging, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+        follow_umask(staging, directory=True)
+        for name in os.listdir(staging):
+            sync_to_disk(os.path.join(staging, name))
+        if os.path.exists(out_dir):
+            print(f"replacing the earlier results of this configuration in {out_dir}")
+            old = staging + "-old"
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    sync_to_disk(os.path.dirname(out_dir))
+    point_latest_to(dataset_dir, folder)
     if metrics["auc"] is None:
         print(metrics["auc_note"])
     else:
         print(format_metrics_table(metrics["metrics_3d"]))
         print(f"AUC: {metrics['auc']:.4f}")
-    print(f"results in {out_dir} (and {latest_dir})")
+    print(f"results in {out_dir} (and {os.path.join(dataset_dir, LATEST)})")
     return metrics
+
+
+def write_result_files(config, out_dir, method, score_map, gt, arrays, info):
+    """The score map, the arrays, the figures into `out_dir`; returns the metrics (not yet written)."""
+    scipy.io.savemat(os.path.join(out_dir, "detectmap.mat"), {"detectmap": score_map})
+    for name, (key, value) in (arrays or {}).items():
+        scipy.io.savemat(os.path.join(out_dir, name), {key: value})
+    metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=auc_undefined(gt), metrics_3d=None,
+                   **(info or {}))
+    if metrics["auc_note"] is None:
+        metrics["auc_note"] = meaningless_map(score_map)
+    if metrics["auc_note"] is None:
+        metrics["metrics_3d"] = metrics_3d(gt, score_map)
+        metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
+    title = f"{config.dataset}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
+    plot_detection_map(os.path.join(out_dir, "detectmap.png"), score_map, gt, title)
+    if metrics["auc"] is not None:
+        curves = {method: (gt, score_map)}
+        plot_roc(os.path.join(out_dir, "roc.png"), curves, log_pf=config.roc_log, title=f"{config.dataset}: ROC")
+        plot_roc_3d(os.path.join(out_dir, "roc3d.png"), curves, title=f"{config.dataset}: 3D ROC")
+        plot_separation(os.path.join(out_dir, "separation.png"), {method: score_map}, gt,
+                        title=f"{config.dataset}: score separation")
+    return metrics
+
+
+def meaningless_map(score_map):
+    """Why a detection map cannot rank pixels (constant or not finite), or None."""
+    if not np.isfinite(score_map).all():
+        return "AUC not computed: the detection map holds NaN or infinite values"
+    if score_map.min() == score_map.max():
+        return "AUC not computed: the detection map is constant, so it ranks no pixel above another"
+    return None
+
+
+def remove_abandoned_staging(folder):
+    """Staging folders of processes that no longer run (killed while writing results)."""
+    for path in glob.glob(os.path.join(folder, ".tmp-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
+def point_latest_to(dataset_dir, folder):
+    """Switch <dataset_dir>/latest to `folder` in one step (a symbolic link replaced atomically).
+
+    Where links cannot be made (some Windows set-ups), latest.txt names the folder instead.
+    """
+    link = os.path.join(dataset_dir, LATEST)
+    temporary = os.path.join(dataset_dir, f".tmp-{os.getpid()}-latest")
+    try:
+        os.symlink(folder, temporary, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        atomic_write_text(os.path.join(dataset_dir, LATEST + ".txt"), folder + "\n")
+        return
+    os.replace(temporary, link)
 
 
 def scene_info(hsi, gt):
@@ -101,16 +147,16 @@ def predict(config):
     device = resolve_device(config.device, config.gpu_ids)
     print(f"device: {device}")
     set_tf32(config.tf32)
-    path = find_checkpoint(config)
     started = time.perf_counter()
-    net, checkpoint = load_checkpoint(path)
     hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
+    path = find_checkpoint(config)
+    net, checkpoint = load_checkpoint(path)
     flags = dict(nch_ker=config.nch_ker, nblk=config.nblk, norm=config.norm_mode)
     trained = {key: net.args[key] for key in flags}
-    if trained != flags:
+    if trained != flags:  # the checkpoint knows its network: trust it
         describe = lambda args: ", ".join(f"{k}={v}" for k, v in args.items())  # noqa: E731
-        raise UserError(f"checkpoint {path} holds a network with {describe(trained)} but the flags say "
-                        f"{describe(flags)}: pass the flags it was trained with (--nch_ker, --nblk, --norm_mode)")
+        print(f"note: checkpoint {path} holds a network with {describe(trained)} (the flags say {describe(flags)}): "
+              "using the checkpoint's")
     if hsi.shape[2] != net.args["bands"]:
         raise UserError(f"checkpoint {path} was trained on {net.args['bands']} bands but {config.dataset} has "
                         f"{hsi.shape[2]}: use a checkpoint trained on this scene")
@@ -120,9 +166,14 @@ def predict(config):
     loaded = time.perf_counter()
     reconstructed = score_reconstruction(net, hsi, device, config)
     inferred = time.perf_counter()
+    if not np.isfinite(reconstructed).all():
+        raise UserError(f"the network's reconstruction of {config.dataset} holds NaN or infinite values: the scene's "
+                        f"values (largest {np.abs(hsi).max():.3g}) are beyond what the float32 network can take; "
+                        "rescale the scene (and train on the rescaled scene)")
     score_map = detection_map(hsi, reconstructed)
-    if config.checkpoint:
-        folder = "checkpoint_" + os.path.splitext(os.path.basename(config.checkpoint))[0]
+    if config.checkpoint:  # named by the file and a digest of its full path: two runs' epoch_0003.pt differ
+        digest = hashlib.sha1(os.path.abspath(config.checkpoint).encode()).hexdigest()[:8]
+        folder = f"checkpoint_{os.path.splitext(os.path.basename(config.checkpoint))[0]}_{digest}"
     else:
         folder = os.path.join(os.path.basename(run_directory(config)), f"epoch_{config.epochs:04d}")
     folder = "_".join(filter(None, [folder, scoring_name(config)]))

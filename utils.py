@@ -76,16 +76,18 @@ def min_max(scores):
 
 
 def detection_map(hsi, reconstructed, rows_per_block=64):
-    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1].
+    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1], float32.
 
-    Computed a block of rows at a time, so a big scene needs no full-size temporaries.
+    Computed in float64, where squares of float32 values cannot overflow (in float32 a scene with values
+    near 1e20 gave an all-zero map), a block of rows at a time, so a big scene needs no full-size
+    temporaries. Equal to the official float32 computation up to rounding.
     """
-    error = np.empty(hsi.shape[:2], np.float32)
+    error = np.empty(hsi.shape[:2], np.float64)
     for top in range(0, hsi.shape[0], rows_per_block):
         rows = slice(top, top + rows_per_block)
-        difference = np.asarray(hsi[rows], np.float32) - np.asarray(reconstructed[rows], np.float32)
+        difference = np.asarray(hsi[rows], np.float64) - np.asarray(reconstructed[rows], np.float64)
         error[rows] = np.mean(difference ** 2, axis=2)
-    return min_max(error)
+    return min_max(error).astype(np.float32)
 
 
 def auc_undefined(gt_map):
@@ -104,8 +106,40 @@ def auc_score(gt_map, score_map):
     return float(roc_auc_score(np.asarray(gt_map).ravel(), np.asarray(score_map).ravel()))
 
 
+def _read_umask():
+    mask = os.umask(0)  # the umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def follow_umask(path, directory=False):
+    """Give `path` the permissions a plain open() or mkdir() would (temporary files are made 0600 / 0700)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
+def sync_to_disk(path):
+    """fsync a file, or a folder's entries (so a rename into it survives a power loss); no-op where unsupported."""
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on Windows
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
 def atomic_write(path, write):
-    """Call `write(tmp_path)` then rename onto `path`, so an interruption never leaves half a file."""
+    """Call `write(tmp_path)` then rename onto `path`, so an interruption never leaves half a file.
+
+    The file is flushed to disk before the rename and the folder after it, so even a power loss leaves
+    either the old file or the complete new one; it gets the permissions the umask gives.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     suffix = os.path.splitext(path)[1]  # keep the extension: some writers (savefig) dispatch on it
@@ -113,11 +147,14 @@ def atomic_write(path, write):
     os.close(handle)
     try:
         write(tmp_path)
+        sync_to_disk(tmp_path)
+        follow_umask(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
+    sync_to_disk(directory)
 
 
 def atomic_write_text(path, text):

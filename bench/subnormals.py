@@ -3,8 +3,9 @@
     python bench/subnormals.py --checkpoint RUN_DIR/epoch_0100.pt --data_dir ../shared/data --epochs 25
 
 Both runs resume from copies of the same checkpoint (and its run's log) in bench/out/subnormals/,
-one after the other on this machine, with the training flags stored in the checkpoint and
-`--device cpu`; one of them with `--keep_subnormals`. Prints, and writes to
+on this machine in one sitting (one after the other, or with --parallel both at once with
+--threads each), with the training flags stored in the checkpoint and `--device cpu`; one of them
+with `--keep_subnormals`. Prints, and writes to
 bench/out/subnormals/subnormals.md and .json, the seconds and the mean loss of every epoch both ways.
 """
 import argparse
@@ -41,10 +42,10 @@ def training_flags(config):
     return flags
 
 
-def resume_copy(checkpoint, folder, keep, data_dir, epochs):
-    """Resume a copy of `checkpoint`'s run in `folder` to epoch `epochs`; returns its log rows after the start."""
+def resume_copy(checkpoint, folder, keep, data_dir, epochs, threads):
+    """Start resuming a copy of `checkpoint`'s run in `folder` to epoch `epochs`; returns (process, log path)."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    config, start = state["config"], state["epoch"]
+    config = state["config"]
     run_dir = os.path.join(folder, config["dataset"], os.path.basename(os.path.dirname(os.path.abspath(checkpoint))))
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(run_dir)
@@ -53,9 +54,16 @@ def resume_copy(checkpoint, folder, keep, data_dir, epochs):
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--resume", "--device", "cpu",
                "--epochs", str(epochs), "--save_freq", str(epochs), "--data_dir", data_dir,
                "--checkpoints_dir", folder, *training_flags(config)] + (["--keep_subnormals"] if keep else [])
-    print(("kept:    " if keep else "flushed: ") + " ".join(command), flush=True)
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    return start, {row["epoch"]: row for row in read_log(os.path.join(run_dir, "train_log.tsv")) if row["epoch"] > start}
+    print(f"{'kept' if keep else 'flushed'} ({threads} threads): {' '.join(command)}", flush=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=environment)
+    return process, os.path.join(run_dir, "train_log.tsv")
+
+
+def finished_rows(process, log, start):
+    if process.wait() != 0:
+        raise SystemExit(f"a resumed run failed (exit {process.returncode})")
+    return {row["epoch"]: row for row in read_log(log) if row["epoch"] > start}
 
 
 def same_to_6(row):
@@ -67,20 +75,29 @@ def main():
     parser.add_argument("--checkpoint", required=True, help="checkpoint to resume from (its run's log beside it)")
     parser.add_argument("--data_dir", default="../shared/data", help="folder of the scene (default ../shared/data)")
     parser.add_argument("--epochs", type=int, default=25, help="epochs to train after the checkpoint (default 25)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="intra-op threads of each run (default: torch's, the number of cores)")
+    parser.add_argument("--parallel", action="store_true", help="run both at once (default: kept first, then flushed)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "subnormals"),
                         help="work and output folder (default bench/out/subnormals)")
     args = parser.parse_args()
     start_time = time.strftime("%Y-%m-%d %H:%M")
     start = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["epoch"]
     end = start + args.epochs
-    _, kept = resume_copy(args.checkpoint, os.path.join(args.out, "kept"), True, args.data_dir, end)
-    _, flushed = resume_copy(args.checkpoint, os.path.join(args.out, "flushed"), False, args.data_dir, end)
+    runs = {}
+    for name, keep in (("kept", True), ("flushed", False)):
+        runs[name] = resume_copy(args.checkpoint, os.path.join(args.out, name), keep, args.data_dir, end, args.threads)
+        if not args.parallel:
+            runs[name] = finished_rows(*runs[name], start)
+    if args.parallel:
+        runs = {name: finished_rows(*run, start) for name, run in runs.items()}
+    kept, flushed = runs["kept"], runs["flushed"]
     rows = [dict(epoch=e, seconds_kept=kept[e]["seconds"], seconds_flushed=flushed[e]["seconds"],
                  loss_kept=kept[e]["loss"], loss_flushed=flushed[e]["loss"]) for e in sorted(kept)]
-    lines = [f"Resumed from epoch {start} of `{args.checkpoint}`, {args.epochs} epochs each way, one after the "
-             f"other (kept first), {torch.get_num_threads()} threads, started {start_time}. Command: "
-             f"`python bench/subnormals.py --checkpoint {args.checkpoint} --data_dir {args.data_dir} "
-             f"--epochs {args.epochs}`.", "",
+    how = "both at once" if args.parallel else "one after the other (kept first)"
+    lines = [f"Resumed from epoch {start} of `{args.checkpoint}`, {args.epochs} epochs each way, {how}, "
+             f"{args.threads} threads each, started {start_time}. Command: `python bench/subnormals.py "
+             f"{' '.join(sys.argv[1:])}`.", "",
              "| epoch | s kept | s flushed | loss kept | loss flushed | equal to 6 decimals |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['epoch']} | {row['seconds_kept']:.1f} | {row['seconds_flushed']:.1f} | "

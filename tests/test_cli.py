@@ -20,7 +20,7 @@ def test_train_then_predict_end_to_end(scene_dir):
     assert predicted.returncode == 0, predicted.stderr
     auc_line = [line for line in predicted.stdout.splitlines() if line.startswith("AUC: ")]
     assert len(auc_line) == 1
-    out = scene_dir / "results" / "tiny"
+    out = scene_dir / "results" / "tiny" / "latest"
     detectmap = scipy.io.loadmat(out / "detectmap.mat")["detectmap"]
     reconstructed = scipy.io.loadmat(out / "reconstructed_data.mat")["reconstructed_data"]
     assert detectmap.shape == (12, 10) and reconstructed.shape == (12, 10, 6)
@@ -67,7 +67,7 @@ def test_predict_from_an_official_pkl(tmp_path):
     result = run_cli("--command", "predict", "--checkpoint", str(tmp_path / "official.pkl"),
                      *cli_flags(tmp_path, "fixture"), "--nch_ker", "64", "--nblk", "2")  # the official network
     assert result.returncode == 0, result.stderr
-    reconstructed = scipy.io.loadmat(tmp_path / "results" / "fixture" / "reconstructed_data.mat")
+    reconstructed = scipy.io.loadmat(tmp_path / "results" / "fixture" / "latest" / "reconstructed_data.mat")
     expected = data["output"][0].transpose(1, 2, 0)
     np.testing.assert_allclose(reconstructed["reconstructed_data"], expected, rtol=1e-4,
                                atol=1e-4 * np.abs(expected).max())
@@ -141,7 +141,7 @@ def test_synthetic_demo_reaches_a_useful_auc(tmp_path):
              "--checkpoints_dir", str(tmp_path / "c"), "--results_dir", str(tmp_path / "r")]
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
-    metrics = json.loads((tmp_path / "r" / "synthetic" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "r" / "synthetic" / "latest" / "metrics.json").read_text())
     assert metrics["auc"] >= 0.95
 
 
@@ -152,10 +152,10 @@ def test_non_square_hydice_trains_and_predicts(tmp_path):
              "--checkpoints_dir", str(tmp_path / "c"), "--results_dir", str(tmp_path / "r")]
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
-    metrics = json.loads((tmp_path / "r" / "HYDICE-II" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "r" / "HYDICE-II" / "latest" / "metrics.json").read_text())
     assert metrics["scene"] == dict(height=80, width=60, bands=162, anomaly_pixels=10)
     assert 0 <= metrics["auc"] <= 1
-    assert scipy.io.loadmat(tmp_path / "r" / "HYDICE-II" / "detectmap.mat")["detectmap"].shape == (80, 60)
+    assert scipy.io.loadmat(tmp_path / "r" / "HYDICE-II" / "latest" / "detectmap.mat")["detectmap"].shape == (80, 60)
 
 
 def test_map_without_anomalies_gives_null_auc(scene_dir, capsys):
@@ -165,16 +165,18 @@ def test_map_without_anomalies_gives_null_auc(scene_dir, capsys):
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
     assert "AUC undefined: the map has no anomaly pixel" in capsys.readouterr().out
-    metrics = json.loads((scene_dir / "results" / "clean" / "metrics.json").read_text())
+    metrics = json.loads((scene_dir / "results" / "clean" / "latest" / "metrics.json").read_text())
     assert metrics["auc"] is None and "no anomaly" in metrics["auc_note"]
-    assert (scene_dir / "results" / "clean" / "detectmap.mat").exists()
+    assert (scene_dir / "results" / "clean" / "latest" / "detectmap.mat").exists()
 
 
-def test_checkpoint_architecture_must_match_the_flags(scene_dir, capsys):
+def test_predict_trusts_the_checkpoints_network_over_the_flags(scene_dir, capsys):
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
     checkpoint = next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0001.pt"))
     flags = cli_flags(scene_dir, "tiny")
     flags[flags.index("--nblk") + 1] = "2"
-    assert main(["--command", "predict", "--checkpoint", str(checkpoint), *flags]) == 2
-    err = capsys.readouterr().err
-    assert "nch_ker=8, nblk=1, norm=bnorm but the flags say nch_ker=8, nblk=2, norm=bnorm" in err
+    assert main(["--command", "predict", "--checkpoint", str(checkpoint), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "holds a network with nch_ker=8, nblk=1, norm=bnorm (the flags say nch_ker=8, nblk=2" in out
+    metrics = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
+    assert metrics["model_args"]["nblk"] == 1 and metrics["auc"] is not None

@@ -26,7 +26,7 @@ def test_rx_and_lrx_write_what_predict_writes(scene_dir, capsys):
         assert scipy.io.loadmat(results / "detectmap.mat")["detectmap"].shape == (12, 10)
         assert all((results / name).stat().st_size > 0 for name in FIGURES)
     # the plain results folder holds the latest run's files
-    latest = json.loads((scene_dir / "results" / "tiny" / "metrics.json").read_text())
+    latest = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
     assert latest["method"] == "LRX 1/5"
 
 
@@ -45,12 +45,12 @@ def test_predict_results_are_kept_per_configuration(scene_dir):
         flags = cli_flags(scene_dir, "tiny", "--epochs", "1", "--seed", seed)
         assert main(["--command", "train", *flags]) == 0
         assert main(["--command", "predict", *flags]) == 0
-    runs = sorted(p.name for p in (scene_dir / "results" / "tiny").iterdir() if p.is_dir())
+    runs = sorted(p.name for p in (scene_dir / "results" / "tiny").iterdir() if p.is_dir() and not p.is_symlink())
     assert len(runs) == 2 and runs[0].endswith("seed1") and runs[1].endswith("seed2")
     for run in runs:
         metrics = json.loads((scene_dir / "results" / "tiny" / run / "epoch_0001" / "metrics.json").read_text())
         assert metrics["train_config"]["seed"] == int(run[-1])
-    latest = json.loads((scene_dir / "results" / "tiny" / "metrics.json").read_text())
+    latest = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
     assert latest["train_config"]["seed"] == 2
 
 
@@ -72,7 +72,7 @@ def test_scene_without_map_writes_maps_without_auc(tmp_path, capsys):
     assert main(["--command", "predict", *flags]) == 0
     out = capsys.readouterr().out
     assert "no ground-truth map" in out and "AUC: " not in out
-    results = tmp_path / "results" / "nomap"
+    results = tmp_path / "results" / "nomap" / "latest"
     assert json.loads((results / "metrics.json").read_text())["auc"] is None
     assert (results / "detectmap.png").exists() and not (results / "roc.png").exists()
 
@@ -140,7 +140,7 @@ def test_benchmark_rejects_unknown_methods(scene_dir, capsys):
 
 def test_metrics_json_has_the_3d_metrics(scene_dir):
     assert main(["--command", "rx", *cli_flags(scene_dir)]) == 0
-    metrics = json.loads((scene_dir / "results" / "tiny" / "metrics.json").read_text())
+    metrics = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
     m = metrics["metrics_3d"]
     assert np.isclose(m["AUC_OD"], m["AUC(D,F)"] + m["AUC(D,tau)"] - m["AUC(F,tau)"])
     assert os.path.isdir(metrics["results"])
@@ -150,9 +150,33 @@ def test_latest_folder_never_mixes_two_methods(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
-    latest = scene_dir / "results" / "tiny"
+    latest = scene_dir / "results" / "tiny" / "latest"
     assert (latest / "reconstructed_data.mat").exists()
     assert main(["--command", "rx", *flags]) == 0
     assert not (latest / "reconstructed_data.mat").exists()  # RX has no reconstruction
     assert json.loads((latest / "metrics.json").read_text())["method"] == "RX"
-    assert len(list((latest).glob("*/epoch_0001/reconstructed_data.mat"))) == 1  # the run's own folder keeps it
+    assert len(list((latest.parent).glob("*/epoch_0001/reconstructed_data.mat"))) == 1  # the run's folder keeps it
+
+
+def test_an_interrupted_predict_leaves_every_results_view_one_runs_files(scene_dir, monkeypatch):
+    import predict
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
+    assert main(["--command", "train", *flags]) == 0
+    assert main(["--command", "predict", *flags]) == 0
+    tiny = scene_dir / "results" / "tiny"
+    before = {p.relative_to(tiny): p.read_bytes() for p in tiny.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(predict, "plot_roc_3d", killed)  # after the maps and two figures are written
+    assert main(["--command", "rx", *flags]) == 130
+    assert main(["--command", "predict", *flags]) == 130  # the same configuration, interrupted
+    after = {p.relative_to(tiny): p.read_bytes() for p in tiny.rglob("*") if p.is_file()}
+    assert after == before  # no file of the interrupted runs anywhere, none of the earlier run lost
+    # a staging folder left by a killed process is removed when results are next written there
+    abandoned = tiny / ".tmp-999999999-x"
+    abandoned.mkdir()
+    monkeypatch.undo()
+    assert main(["--command", "rx", *flags]) == 0
+    assert not abandoned.exists()
+    assert json.loads((tiny / "latest" / "metrics.json").read_text())["method"] == "RX"

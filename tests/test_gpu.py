@@ -135,7 +135,7 @@ def test_mixed_precision_trains_and_predicts_on_gpu(scene_dir, amp):
     args = flags(scene_dir, "cuda", "--epochs", "2", "--amp", amp)
     assert main(["--command", "train", *args]) == 0
     assert main(["--command", "predict", *args]) == 0
-    results = scene_dir / "results" / "tiny"
+    results = scene_dir / "results" / "tiny" / "latest"
     detectmap = scipy.io.loadmat(results / "detectmap.mat")["detectmap"]
     assert detectmap.shape == (12, 10) and np.isfinite(detectmap).all()
     assert detectmap.max() == 1  # min-max scaled: a NaN or constant reconstruction error would not give 1
@@ -168,7 +168,7 @@ def test_official_pkl_predicts_on_gpu(tmp_path):
         output = net.to("cuda")(torch.from_numpy(data["input"]).cuda()).cpu().numpy()
     assert_close(output, data["output"], 1e-4)
     # The reconstruction predict wrote on the GPU is the one the CPU computes.
-    written = scipy.io.loadmat(folder / "results" / "tiny" / "reconstructed_data.mat")["reconstructed_data"]
+    written = scipy.io.loadmat(folder / "results" / "tiny" / "latest" / "reconstructed_data.mat")["reconstructed_data"]
     hsi = scipy.io.loadmat(folder / "tiny.mat")["data"].astype(np.float32)
     assert_close(written, reconstruct(load_checkpoint(str(pkl))[0], hsi, "cpu"), 1e-4)
 
@@ -178,7 +178,7 @@ def test_gpu_checkpoint_predicts_in_a_cpu_only_process(scene_dir):
     visible, and the CPU's reconstruction equals the GPU's."""
     assert main(["--command", "train", *flags(scene_dir, "cuda", "--epochs", "1")]) == 0
     assert main(["--command", "predict", *flags(scene_dir, "cuda", "--epochs", "1")]) == 0
-    results = scene_dir / "results" / "tiny"
+    results = scene_dir / "results" / "tiny" / "latest"
     on_gpu = scipy.io.loadmat(results / "reconstructed_data.mat")["reconstructed_data"]
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "predict",
                *flags(scene_dir, "cpu", "--epochs", "1")]

@@ -95,8 +95,10 @@ def test_predict_with_blindspot_scoring_from_the_command_line(scene_dir, tmp_pat
             code = main(["--command", "predict", *flags, "--data_dir", str(data_dir), "--checkpoint", str(checkpoint),
                          "--results_dir", str(results), "--scoring", scoring, "--score_repeats", "2"])
             assert code == 0
-            folder = "checkpoint_epoch_0002" + ("_blindspot_r2" if scoring == "blindspot" else "")
+            folder = "latest"
             metrics = json.loads((results / "tiny" / folder / "metrics.json").read_text())
+            assert os.readlink(results / "tiny" / "latest").startswith("checkpoint_epoch_0002_")
+            assert os.readlink(results / "tiny" / "latest").endswith("_blindspot_r2" if scoring == "blindspot" else "")
             assert metrics["scoring"]["name"] == scoring and metrics["seconds"]["inference"] > 0
             assert metrics["scoring"].get("repeats") == (2 if scoring == "blindspot" else None)
             recon[name, scoring] = scipy.io.loadmat(results / "tiny" / folder / "reconstructed_data.mat")[
