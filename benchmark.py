@@ -114,7 +114,7 @@ def csv_table(summary):
 
 def benchmark(config, command_line):
     """Run --methods on every scene of --datasets (BS3LNet once per seed of --seeds) and write the tables."""
-    datasets = parse_list(config.datasets or config.dataset, "--datasets")
+    datasets = parse_list(config.dataset if config.datasets is None else config.datasets, "--datasets")
     seeds = parse_list(config.seeds, "--seeds", int)
     methods = parse_list(config.methods, "--methods")
     unknown = sorted(set(methods) - set(METHODS))

@@ -46,10 +46,7 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None):
     """
     if dataset == SYNTHETIC:
         return synthetic_scene()
-    path = os.path.join(data_dir, dataset + ".mat")
-    if not os.path.isfile(path):
-        raise UserError(f"scene file {path} not found: put {dataset}.mat in {data_dir} "
-                        "(or pass --data_dir), or use --dataset synthetic")
+    path = scene_path(data_dir, dataset)
     arrays = _read_mat(path)
     scene_key = data_key if data_key is not None else _guess_scene_key(path, arrays)
     hsi = _real_array(path, arrays, scene_key, "--data_key", "save the scene as a real H x W x bands array")
@@ -86,6 +83,20 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None):
     return _finite_float32(path, scene_key, hsi), None if gt is None else _binary_map(path, map_key, gt)
 
 
+def scene_path(data_dir, dataset):
+    """The file `--dataset` names: a path to a .mat file, or a name in --data_dir with or without `.mat`."""
+    candidates = [dataset] if dataset.endswith(".mat") and os.path.dirname(dataset) else []
+    candidates += [os.path.join(data_dir, dataset + ("" if dataset.endswith(".mat") else ".mat"))]
+    for path in candidates:
+        if os.path.isdir(path):
+            raise UserError(f"{path} is a folder, not a scene file: pass the .mat file inside it, or its name "
+                            "with --data_dir set to the folder")
+        if os.path.isfile(path):
+            return path
+    raise UserError(f"scene file {candidates[-1]} not found: put {os.path.basename(candidates[-1])} in {data_dir} "
+                    "(or pass --data_dir, or a path to the file as --dataset), or use --dataset synthetic")
+
+
 class _NonNumeric:
     """A stored value that is not an array of real numbers (text, cell, struct, complex...): for messages."""
 
@@ -97,17 +108,25 @@ def _read_mat(path):
     """{name: real numeric ndarray or _NonNumeric} for the variables of a MATLAB v5/v7 or v7.3 file."""
     try:
         contents = scipy.io.loadmat(path)
+    except MemoryError:
+        raise UserError(f"{path} declares arrays larger than the memory available "
+                        f"({os.path.getsize(path) / 2 ** 20:.0f} MiB on disk): it is damaged, or too big for this "
+                        "machine") from None
     except Exception as error:  # NotImplementedError for v7.3 (HDF5); assorted errors for damaged files
         if _is_hdf5(path):
             return _read_hdf5(path)
         raise UserError(f"cannot read {path} as a MATLAB .mat file ({type(error).__name__}): "
                         "check the file is complete and saved by MATLAB or scipy.io.savemat")
+    # loadmat returns MATLAB logicals as uint8; whosmat still knows them, so a true/false array is not data
+    logical = {name for name, _, kind in scipy.io.whosmat(path) if kind == "logical"}
     arrays = {}
     for key, value in contents.items():
         if key.startswith("__"):  # __header__, __version__, __globals__
             continue
         if scipy.sparse.issparse(value):
             value = value.toarray()
+        if key in logical:
+            value = value.astype(bool)
         arrays[key] = value if value.dtype.kind in "biuf" else _NonNumeric(_describe(value.dtype))
     return arrays
 
@@ -132,7 +151,8 @@ def _is_hdf5(path):
 
 def _read_hdf5(path):
     """Variables of a MATLAB v7.3 (HDF5) file. MATLAB writes arrays column-major, so h5py sees their axes
-    reversed (an 80 x 100 x 162 scene as 162 x 100 x 80): every array is transposed back."""
+    reversed (an 80 x 100 x 162 scene as 162 x 100 x 80): every array MATLAB wrote (it carries a
+    MATLAB_class attribute) is transposed back; datasets of other HDF5 writers are read as stored."""
     try:
         import h5py  # only v7.3 files need it
     except ImportError:
@@ -141,10 +161,15 @@ def _read_hdf5(path):
     try:
         with h5py.File(path, "r") as handle:
             # '#refs#' and '#subsystem#' hold the contents of cells, strings and objects
-            return {key: _hdf5_value(item) for key, item in handle.items() if not key.startswith("#")}
+            arrays = {key: _hdf5_value(item) for key, item in handle.items() if not key.startswith("#")}
+    except MemoryError:
+        raise UserError(f"{path} declares arrays larger than the memory available "
+                        f"({os.path.getsize(path) / 2 ** 20:.0f} MiB on disk): it is damaged, or too big for this "
+                        "machine") from None
     except Exception as error:
         raise UserError(f"cannot read {path} as a MATLAB v7.3 (HDF5) file ({type(error).__name__}: {error}): "
                         "check the file is complete, or re-save it in MATLAB with save(..., '-v7')")
+    return arrays
 
 
 def _hdf5_value(item):
@@ -170,6 +195,8 @@ def _hdf5_value(item):
         return _NonNumeric("complex-valued")
     if value.dtype.kind not in "biuf":
         return _NonNumeric(_describe(value.dtype))
+    if not matlab_class:  # a plain HDF5 dataset (not written by MATLAB): its axes are in the order stored
+        return value
     return (value.astype(bool) if matlab_class == "logical" else value).T
 
 
@@ -222,6 +249,9 @@ def _real_array(path, arrays, key, flag, fix):
 
 def _finite_float32(path, key, hsi):
     """The scene as C-ordered float32; integers (negative ones too, as in ABU files) are real data."""
+    if hsi.dtype.kind == "b":
+        raise UserError(f"'{key}' in {path} is logical (true/false), not a scene of measured values: save the "
+                        "scene as numbers, or pick another array with --data_key")
     if hsi.dtype.kind == "f":
         nan, inf = int(np.isnan(hsi).sum()), int(np.isinf(hsi).sum())
         if nan or inf:
@@ -380,5 +410,5 @@ class BlindSpotSampler:
         mask = (source_of == self.identity).to(label.dtype)
 
         def to_image(table):
-            return table.view(count, p, p, -1).permute(0, 3, 1, 2)
+            return table.view(count, p, p, table.shape[-1]).permute(0, 3, 1, 2)
         return to_image(inputs), to_image(label), to_image(mask[:, :, None])

@@ -36,12 +36,24 @@ def rx(hsi):
     """
     hsi = np.asarray(hsi, np.float64)
     height, width, bands = hsi.shape
+    if height * width <= bands + 1:  # then every pixel is equally far from the others: scores are rounding noise
+        raise UserError(f"RX needs more pixels than bands + 1, and the scene has {height * width} pixels and "
+                        f"{bands} bands: with so few pixels RX scores every pixel alike")
     pixels = hsi.reshape(-1, bands)
     centred = pixels - pixels.mean(axis=0)
     # np.cov's 1/(N-1). 1/N would scale every score by the same factor and leave every AUC as it is.
     covariance = np.atleast_2d(np.cov(pixels, rowvar=False))
     inverse = np.linalg.pinv(covariance, rcond=_pinv_rcond(bands), hermitian=True)
     return np.sum((centred @ inverse) * centred, axis=1).reshape(height, width)
+
+
+def lrx_singular_note(win_in, win_out, bands):
+    """A note when LRX's background windows hold no more pixels than bands (singular covariances), or None."""
+    background = win_out ** 2 - win_in ** 2
+    if background > bands:
+        return None
+    return (f"LRX's windows hold {background} background pixels, not more than the {bands} bands: every local "
+            "covariance is singular and only its pseudo-inverse is used; widen --win_out for a full-rank LRX")
 
 
 def check_lrx_windows(win_in, win_out, height, width):

@@ -12,8 +12,8 @@ import numpy as np
 import scipy.io
 
 from dataset import load_scene
-from evaluation import (format_metrics_table, lrx, metrics_3d, plot_detection_map, plot_roc, plot_roc_3d,
-                        plot_separation, rx)
+from evaluation import (format_metrics_table, lrx, lrx_singular_note, metrics_3d, plot_detection_map, plot_roc,
+                        plot_roc_3d, plot_separation, rx)
 from model import load_checkpoint
 from runs import checkpoint_path, run_directory, saved_epochs
 from scoring import score_reconstruction, scoring_name, single_scoring
@@ -200,4 +200,8 @@ def detect_with_baseline(config, method):
         folder, label = f"lrx_{config.win_in}_{config.win_out}", f"LRX {config.win_in}/{config.win_out}"
     info = dict(predict_config=vars(config), scene=scene_info(hsi, gt),
                 seconds=dict(inference=round(time.perf_counter() - started, 4)))
+    note = lrx_singular_note(config.win_in, config.win_out, hsi.shape[2]) if method == "lrx" else None
+    if note:
+        print(f"note: {note}")
+        info["note"] = note
     return write_results(config, folder, label, min_max(scores).astype(np.float32), gt, None, info)

@@ -133,18 +133,17 @@ def open_run(run_dir, config, is_main):
     --overwrite; --resume continues from the latest checkpoint, and a run already at or past --epochs
     has nothing to train (an error when it lacks a checkpoint of epoch --epochs).
     """
-    epochs = saved_epochs(run_dir)
+    epochs, old_files = saved_epochs(run_dir), earlier_run_files(run_dir)
     if is_main:
         remove_temporary_files(run_dir)
-        old_files = earlier_run_files(run_dir)
         if old_files and (config.overwrite or not epochs):
             for path in old_files:
                 os.remove(path)
             print(f"--overwrite: removed {len(old_files)} files of the earlier run in {run_dir}" if epochs else
                   f"note: an earlier start in {run_dir} left no checkpoint: starting anew")
     if not epochs or config.overwrite:
-        if config.resume and not epochs:
-            raise UserError(f"nothing to resume: {run_dir} holds no checkpoint; run without --resume")
+        if config.resume and not old_files:
+            raise UserError(f"nothing to resume: {run_dir} holds no run; run without --resume")
         return None
     if not config.resume:
         hint = (f"it is trained to epoch {epochs[-1]}: predict with these flags, pass --resume with a larger "

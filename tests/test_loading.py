@@ -45,7 +45,7 @@ MATLAB_CLASS = {"float64": "double", "float32": "single", "bool": "logical", "ui
 
 def save_v73(folder, arrays, name="scene", matlab=True):
     """Write `arrays` as MATLAB does in a v7.3 file: HDF5, axes reversed, with MATLAB's 512-byte header and
-    MATLAB_class attributes when `matlab` (else a bare HDF5 file, as h5py writes it)."""
+    MATLAB_class attributes when `matlab` (else a bare HDF5 file in C order, as h5py writes a numpy array)."""
     path = folder / f"{name}.mat"
     with h5py.File(path, "w", userblock_size=512 if matlab else 0) as handle:
         for key, value in arrays.items():
@@ -53,7 +53,8 @@ def save_v73(folder, arrays, name="scene", matlab=True):
                 value(handle, key)
                 continue
             value = np.asarray(value)
-            dataset = handle.create_dataset(key, data=(value.astype(np.uint8) if value.dtype == bool else value).T)
+            value = value.astype(np.uint8) if value.dtype == bool else value
+            dataset = handle.create_dataset(key, data=value.T if matlab else value)
             if matlab:
                 dataset.attrs["MATLAB_class"] = np.bytes_(MATLAB_CLASS[value.dtype.name])
     if matlab:
@@ -73,8 +74,8 @@ def test_v5_scene_loads_as_stored(tmp_path):
 @pytest.mark.parametrize("matlab", [True, False], ids=["matlab-v73", "bare-hdf5"])
 def test_v73_axes_are_reversed_back(tmp_path, capsys, matlab):
     path = save_v73(tmp_path, {"data": HSI, "map": GT.astype(bool)}, matlab=matlab)
-    with h5py.File(path, "r") as handle:
-        assert handle["data"].shape == (6, 10, 12)  # what h5py sees: MATLAB's column-major order
+    with h5py.File(path, "r") as handle:  # MATLAB's column-major order, or a C-order writer's own
+        assert handle["data"].shape == ((6, 10, 12) if matlab else (12, 10, 6))
     hsi, gt = load(tmp_path)
     assert np.array_equal(hsi, HSI) and np.array_equal(gt, GT)
     assert "note" not in capsys.readouterr().out
@@ -365,6 +366,33 @@ def test_many_bands(tmp_path):
 
 def test_missing_file(tmp_path):
     assert "scene file" in error_of(tmp_path, "absent") and "not found" in error_of(tmp_path, "absent")
+
+
+def test_a_folder_named_like_a_scene_is_called_a_folder(tmp_path):
+    (tmp_path / "scene.mat").mkdir()
+    assert "is a folder, not a scene file" in error_of(tmp_path)
+
+
+def test_dataset_may_be_given_with_its_extension_or_as_a_path(tmp_path):
+    save(tmp_path, {"data": HSI, "map": GT})
+    for name in ("scene", "scene.mat", str(tmp_path / "scene.mat")):
+        hsi, gt = load_scene("/nonexistent" if os.path.isabs(name) else str(tmp_path), name)
+        assert np.array_equal(hsi, HSI) and np.array_equal(gt, GT)
+
+
+def test_a_logical_scene_is_refused(tmp_path):
+    save(tmp_path, {"data": HSI > 100, "map": GT})
+    assert "is logical (true/false), not a scene" in error_of(tmp_path)
+
+
+def test_a_file_declaring_more_than_memory_names_its_size(tmp_path, monkeypatch):
+    save(tmp_path, {"data": HSI, "map": GT})
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(scipy.io, "loadmat", out_of_memory)
+    message = error_of(tmp_path)
+    assert "larger than the memory available" in message and "MiB on disk" in message
 
 
 def expected_anomalies():
