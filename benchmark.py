@@ -99,7 +99,19 @@ def markdown_table(summary, datasets, methods, note):
         for method in methods:
             mean = np.mean([summary[(d, method)]["auc"] for d in complete])
             lines.append(f"| mean over {len(complete)} scenes | {method} | {mean:.4f} | | | | | |")
-    return "\n".join(lines) + "\n"
+    lines += [""] + [comparison(summary, complete, method, base) for method in methods
+                     for base in methods if method.startswith(base + "-")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def comparison(summary, datasets, method, base, tie=0.0005):
+    """One line: on how many scenes `method` (another scoring of `base`) scores a higher, equal or lower AUC."""
+    if not datasets:
+        return ""
+    differences = np.array([summary[(d, method)]["auc"] - summary[(d, base)]["auc"] for d in datasets])
+    return (f"{method} against {base} over {len(datasets)} scenes: {int((differences > tie).sum())} higher, "
+            f"{int((np.abs(differences) <= tie).sum())} within ±{tie}, {int((differences < -tie).sum())} lower; "
+            f"mean difference {differences.mean():+.4f}.")
 
 
 def csv_table(summary):

@@ -295,7 +295,8 @@ def synthetic_scene(height=40, width=48, bands=32, seed=0):
     hsi = np.einsum("khw,kb->hwb", abundances, endmembers)
     hsi += 0.01 * rng.randn(height, width, bands)
     gt = np.zeros((height, width), np.uint8)
-    target = 1.2 - 0.9 * smooth_spectrum() / smooth_spectrum().max()
+    spectrum = smooth_spectrum()
+    target = 1.2 - 0.9 * spectrum / spectrum.max()
     implants = [(8, 10, 1, 1.0), (30, 36, 1, 1.0), (14, 32, 2, 1.0), (28, 12, 2, 1.0),
                 (6, 40, 1, 0.7), (20, 22, 1, 0.5), (34, 5, 1, 0.4), (24, 42, 1, 0.3)]
     for row, col, size, fraction in implants:

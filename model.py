@@ -65,6 +65,28 @@ class BS3LNet(nn.Module):
         return self.head(decoded + features)
 
 
+def init_weights(net, init_type="normal", gain=0.02):
+    """Initialise conv weights by `init_type`, conv biases to 0, BatchNorm weight ~ N(1, gain), bias 0."""
+    def init_module(module):
+        if isinstance(module, nn.Conv2d):
+            if init_type == "normal":
+                nn.init.normal_(module.weight, 0.0, gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(module.weight, gain=gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+            elif init_type == "orthogonal":
+                nn.init.orthogonal_(module.weight, gain=gain)
+            else:
+                raise UserError(f"unknown --init_weight_type '{init_type}': use normal, xavier, kaiming or orthogonal")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.normal_(module.weight, 1.0, gain)
+            nn.init.zeros_(module.bias)
+    net.apply(init_module)
+
+
 # Official key -> our key. The official layers wrap each conv in Sequential(pad, conv) and each
 # norm in a named wrapper, hence the `.conv.1` / `.norm` segments.
 _OFFICIAL_KEYS = [

@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import BS3LNet  # noqa: E402
 from train import masked_loss  # noqa: E402
-from utils import autocast, init_weights  # noqa: E402
+from model import init_weights  # noqa: E402
+from utils import autocast  # noqa: E402
 
 
 def measure(bands, steps, channels_last, amp):

@@ -10,12 +10,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # BS3LNET_SHARED names another folder laid out like ../shared (data/, reference/), such as the copy that
 # bench/gpu_check.py carries to a GPU machine.
 SHARED = os.path.abspath(os.environ.get("BS3LNET_SHARED") or os.path.join(os.path.dirname(ROOT), "shared"))
-REFERENCE = os.path.join(SHARED, "reference")
+# The official code's outputs that the fidelity tests compare with, copied from ../shared/reference.
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 SHARED_DATA = os.path.join(SHARED, "data")
 sys.path.insert(0, ROOT)
 
-needs_reference = pytest.mark.skipif(not os.path.isdir(REFERENCE),
-                                     reason="../shared/reference (official fixtures) is absent in this checkout")
 needs_shared_data = pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_DATA, "HYDICE-II.mat")),
                                        reason="../shared/data (real scenes) is absent in this checkout")
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import REFERENCE, SHARED_DATA, cli_flags, needs_reference, needs_shared_data, run_cli, tiny_scene
+from conftest import FIXTURES, SHARED_DATA, cli_flags, needs_shared_data, run_cli, tiny_scene
 from dataset import synthetic_scene
 from main import build_parser, main
 
@@ -54,9 +54,8 @@ def test_official_defaults():
     assert {k: getattr(config, k) for k in official} == official
 
 
-@needs_reference
 def test_predict_from_an_official_pkl(tmp_path):
-    data = np.load(f"{REFERENCE}/official_forward_bnorm.npz")
+    data = np.load(f"{FIXTURES}/official_forward_bnorm.npz")
     state = {k.removeprefix("state_dict/"): torch.from_numpy(np.asarray(data[k]))
              for k in data.files if k.startswith("state_dict/")}
     torch.save(state, tmp_path / "official.pkl")
@@ -133,6 +132,13 @@ def test_synthetic_scene_is_deterministic():
     assert np.array_equal(hsi, again) and np.array_equal(gt, gt_again)
     assert hsi.dtype == np.float32 and hsi.shape == (40, 48, 32) and gt.shape == (40, 48)
     assert 0 < gt.sum() < 20 and np.isfinite(hsi).all()
+
+
+def test_synthetic_target_is_scaled_by_its_own_maximum():
+    """A full-pixel target is 400 * (1.2 - 0.9 * s / max(s)) for one spectrum s: its minimum is 400 * 0.3."""
+    hsi, gt = synthetic_scene()
+    assert gt[8, 10] == 1 and np.isclose(hsi[8, 10].min(), 120.0, rtol=1e-5)
+    assert np.allclose(hsi[8, 10], hsi[30, 36])  # both full-pixel targets are the same spectrum
 
 
 def test_synthetic_demo_reaches_a_useful_auc(tmp_path):

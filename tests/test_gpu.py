@@ -12,12 +12,12 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import REFERENCE, ROOT, cli_flags, needs_reference, tiny_scene
+from conftest import FIXTURES, ROOT, cli_flags, tiny_scene
 from dataset import BlindSpotSampler
 from main import build_parser, main
-from model import BS3LNet, load_checkpoint, reconstruct
+from model import BS3LNet, init_weights, load_checkpoint, reconstruct
 from train import train
-from utils import init_weights, set_tf32
+from utils import set_tf32
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA device: these tests compare the GPU path with the CPU path "
@@ -153,9 +153,8 @@ def test_resume_on_gpu_equals_a_straight_run(tmp_path):
     np.testing.assert_allclose(resumed, straight, rtol=1e-5)
 
 
-@needs_reference
 def test_official_pkl_predicts_on_gpu(tmp_path):
-    data = np.load(os.path.join(REFERENCE, "official_forward_bnorm.npz"))
+    data = np.load(os.path.join(FIXTURES, "official_forward_bnorm.npz"))
     state = {key.removeprefix("state_dict/"): torch.from_numpy(np.asarray(data[key]))
              for key in data.files if key.startswith("state_dict/")}
     pkl = tmp_path / "official.pkl"
@@ -209,8 +208,7 @@ import torch
 from torch import distributed as dist
 sys.path.insert(0, {root!r})
 import distributed
-from model import BS3LNet
-from utils import init_weights
+from model import BS3LNet, init_weights
 
 dist.init_process_group("nccl")
 torch.cuda.set_device(0)

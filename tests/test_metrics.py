@@ -2,13 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REFERENCE, needs_reference
+from conftest import FIXTURES
 from utils import UserError, auc_score, detection_map, resolve_device
 
 
-@needs_reference
 def test_detection_map_and_auc_match_the_official_figures():
-    data = np.load(f"{REFERENCE}/official_detectmap.npz")
+    data = np.load(f"{FIXTURES}/official_detectmap.npz")
     score_map = detection_map(data["hsi"], data["reconstructed"])
     np.testing.assert_allclose(score_map, data["detectmap"], atol=1e-6)
     assert auc_score(data["gt"], score_map) == pytest.approx(float(data["auc"]), abs=1e-12)

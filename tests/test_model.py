@@ -2,19 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REFERENCE, needs_reference
-from model import BS3LNet, from_official_state_dict, load_checkpoint, model_args_from_state_dict
-from utils import UserError, init_weights
+from conftest import FIXTURES
+from model import BS3LNet, from_official_state_dict, init_weights, load_checkpoint, model_args_from_state_dict
+from utils import UserError
 
 
 def official_fixture(norm):
-    data = np.load(f"{REFERENCE}/official_forward_{norm}.npz")
+    data = np.load(f"{FIXTURES}/official_forward_{norm}.npz")
     state = {k.removeprefix("state_dict/"): torch.from_numpy(np.asarray(data[k]))
              for k in data.files if k.startswith("state_dict/")}
     return state, data["input"], data["output"]
 
 
-@needs_reference
 @pytest.mark.parametrize("norm", ["bnorm", "inorm"])
 def test_official_weights_reproduce_official_output(norm):
     official_state, inputs, expected = official_fixture(norm)
@@ -27,7 +26,6 @@ def test_official_weights_reproduce_official_output(norm):
     np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-@needs_reference
 def test_official_pkl_loads_through_load_checkpoint(tmp_path):
     official_state, inputs, expected = official_fixture("bnorm")
     torch.save(official_state, tmp_path / "official.pkl")

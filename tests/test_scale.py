@@ -5,9 +5,8 @@ import torch
 
 from conftest import cli_flags
 from main import build_parser, main
-from model import BS3LNet, reconstruct
+from model import BS3LNet, init_weights, reconstruct
 from train import train
-from utils import init_weights
 
 
 def trained_like_net(bands, norm, nblk=2):

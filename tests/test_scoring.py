@@ -9,9 +9,9 @@ import torch
 
 from conftest import cli_flags, tiny_scene
 from main import main
-from model import BS3LNet, reconstruct
+from model import BS3LNet, init_weights, reconstruct
 from scoring import blindspot_partition, blindspot_reconstruct, group_count
-from utils import UserError, init_weights
+from utils import UserError
 
 
 def random_net(bands, nblk=1):
@@ -124,4 +124,5 @@ def test_benchmark_scores_one_training_both_ways(scene_dir):
     table = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
     rows = [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| tiny")]
     assert rows == ["bs3lnet", "bs3lnet-blindspot", "rx"]
+    assert "bs3lnet-blindspot against bs3lnet over 1 scenes: " in table
     assert len(os.listdir(scene_dir / "checkpoints" / "tiny")) == 1  # trained once, scored twice
