@@ -1,11 +1,12 @@
-"""Baseline detectors (global RX, dual-window local RX), Chang's 3D-ROC metrics and the usual HAD figures."""
+"""Scoring maps and metrics: the detection map, AUC and the one rule for when it is undefined, RX and LRX,
+Chang's 3D-ROC metrics, and the usual figures."""
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from utils import UserError, atomic_write, auc_score, min_max
+from utils import UserError, atomic_write
 
 LRX_BORDER_NOTE = ("Near the edges both windows are clipped to the scene, so border pixels draw their background "
                    "from fewer pixels (no padding, which would mirror a pixel into its own background).")
@@ -15,6 +16,54 @@ METRIC_KEYS = ("AUC(D,F)", "AUC(D,tau)", "AUC(F,tau)", "AUC_TD", "AUC_BS", "AUC_
 
 PF_FLOOR = 1e-4  # where a log-scale ROC draws P_F = 0
 ANOMALY_RED, BACKGROUND_BLUE = "#d62728", "#1f77b4"
+
+
+def min_max(scores):
+    """Scale a score map to [0, 1]; a constant map (no ranking) becomes zeros."""
+    low, high = scores.min(), scores.max()
+    if high == low:
+        return np.zeros_like(scores)
+    return (scores - low) / (high - low)
+
+
+def detection_map(hsi, reconstructed, rows_per_block=64):
+    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1], float32.
+
+    Computed in float64, where squares of float32 values cannot overflow (in float32 a scene with values
+    near 1e20 gave an all-zero map), a block of rows at a time, so a big scene needs no full-size
+    temporaries. Equal to the official float32 computation up to rounding.
+    """
+    error = np.empty(hsi.shape[:2], np.float64)
+    for top in range(0, hsi.shape[0], rows_per_block):
+        rows = slice(top, top + rows_per_block)
+        difference = np.asarray(hsi[rows], np.float64) - np.asarray(reconstructed[rows], np.float64)
+        error[rows] = np.mean(difference ** 2, axis=2)
+    return min_max(error).astype(np.float32)
+
+
+def auc_undefined(gt_map):
+    """Why the AUC of a map against `gt_map` is undefined (no map, no anomaly, no background), or None."""
+    if gt_map is None:
+        return "AUC undefined: the scene file has no ground-truth map"
+    anomalies = int(np.sum(gt_map))
+    if anomalies in (0, np.size(gt_map)):
+        return f"AUC undefined: the map has {'no anomaly' if anomalies == 0 else 'no background'} pixel"
+    return None
+
+
+def auc_score(gt_map, score_map):
+    """AUC(D,F) exactly as the official code: sklearn's roc_auc_score over all pixels."""
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(np.asarray(gt_map).ravel(), np.asarray(score_map).ravel()))
+
+
+def meaningless_map(score_map):
+    """Why a detection map cannot rank pixels (constant or not finite), or None."""
+    if not np.isfinite(score_map).all():
+        return "AUC not computed: the detection map holds NaN or infinite values"
+    if score_map.min() == score_map.max():
+        return "AUC not computed: the detection map is constant, so it ranks no pixel above another"
+    return None
 
 
 def _pinv_rcond(bands):
@@ -134,11 +183,10 @@ def _labelled_scores(gt, score_map):
         raise ValueError("the ground truth must hold only 0 (background) and 1 (anomaly)")
     if not np.isfinite(score_map).all():
         raise ValueError("the score map holds NaN or infinite values")
+    undefined = auc_undefined(gt)
+    if undefined:
+        raise ValueError(undefined)
     labels = gt.ravel() == 1
-    anomalies = int(labels.sum())
-    if anomalies == 0 or anomalies == labels.size:
-        raise ValueError(f"the ground truth has {'no anomaly' if anomalies == 0 else 'no background'} pixel: "
-                         "ROC metrics are undefined")
     return labels, min_max(score_map.astype(np.float64)).ravel()
 
 

@@ -12,13 +12,12 @@ import numpy as np
 import scipy.io
 
 from dataset import load_scene
-from evaluation import (format_metrics_table, lrx, lrx_singular_note, metrics_3d, plot_detection_map, plot_roc,
-                        plot_roc_3d, plot_separation, rx)
+from evaluation import (auc_undefined, detection_map, format_metrics_table, lrx, lrx_singular_note, meaningless_map,
+                        metrics_3d, min_max, plot_detection_map, plot_roc, plot_roc_3d, plot_separation, rx)
 from model import load_checkpoint
 from runs import checkpoint_path, run_directory, saved_epochs
 from scoring import score_reconstruction, scoring_name, single_scoring
-from utils import (UserError, atomic_write_text, auc_undefined, detection_map, follow_umask, min_max,
-                   resolve_device, set_tf32, sync_to_disk)
+from utils import UserError, atomic_write_text, follow_umask, resolve_device, set_tf32, sync_to_disk
 
 LATEST = "latest"  # <results_dir>/<dataset>/latest: a link to the folder of the latest results
 
@@ -98,15 +97,6 @@ def write_result_files(config, out_dir, method, score_map, gt, arrays, info):
         plot_separation(os.path.join(out_dir, "separation.png"), {method: score_map}, gt,
                         title=f"{config.dataset}: score separation")
     return metrics
-
-
-def meaningless_map(score_map):
-    """Why a detection map cannot rank pixels (constant or not finite), or None."""
-    if not np.isfinite(score_map).all():
-        return "AUC not computed: the detection map holds NaN or infinite values"
-    if score_map.min() == score_map.max():
-        return "AUC not computed: the detection map is constant, so it ranks no pixel above another"
-    return None
 
 
 def remove_abandoned_staging(folder):

@@ -12,13 +12,12 @@ from tqdm import tqdm
 
 import distributed
 from dataset import BlindSpotSampler, load_scene
-from evaluation import plot_training_curve
+from evaluation import auc_score, auc_undefined, detection_map, plot_training_curve
 from model import BS3LNet, init_weights
 from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, log_header, log_path, log_row,
                   remove_temporary_files, run_directory, run_lock, saved_epochs)
 from scoring import score_reconstruction, single_scoring
-from utils import (UserError, atomic_write, atomic_write_text, auc_score, auc_undefined, autocast, command_line,
-                   detection_map, seed_everything, set_tf32)
+from utils import UserError, atomic_write, atomic_write_text, autocast, command_line, seed_everything, set_tf32
 
 # The batch order has a random stream of its own, seeded apart from the masks' stream.
 ORDER_SEED_OFFSET = 2 ** 32

@@ -44,45 +44,6 @@ def resolve_device(device, gpu_ids="0"):
     return resolved
 
 
-def min_max(scores):
-    """Scale a score map to [0, 1]; a constant map (no ranking) becomes zeros."""
-    low, high = scores.min(), scores.max()
-    if high == low:
-        return np.zeros_like(scores)
-    return (scores - low) / (high - low)
-
-
-def detection_map(hsi, reconstructed, rows_per_block=64):
-    """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1], float32.
-
-    Computed in float64, where squares of float32 values cannot overflow (in float32 a scene with values
-    near 1e20 gave an all-zero map), a block of rows at a time, so a big scene needs no full-size
-    temporaries. Equal to the official float32 computation up to rounding.
-    """
-    error = np.empty(hsi.shape[:2], np.float64)
-    for top in range(0, hsi.shape[0], rows_per_block):
-        rows = slice(top, top + rows_per_block)
-        difference = np.asarray(hsi[rows], np.float64) - np.asarray(reconstructed[rows], np.float64)
-        error[rows] = np.mean(difference ** 2, axis=2)
-    return min_max(error).astype(np.float32)
-
-
-def auc_undefined(gt_map):
-    """Why the AUC of a map against `gt_map` is undefined (no map, no anomaly, no background), or None."""
-    if gt_map is None:
-        return "AUC undefined: the scene file has no ground-truth map"
-    anomalies = int(np.sum(gt_map))
-    if anomalies in (0, np.size(gt_map)):
-        return f"AUC undefined: the map has {'no anomaly' if anomalies == 0 else 'no background'} pixel"
-    return None
-
-
-def auc_score(gt_map, score_map):
-    """AUC(D,F) exactly as the official code: sklearn's roc_auc_score over all pixels."""
-    from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(np.asarray(gt_map).ravel(), np.asarray(score_map).ravel()))
-
-
 def _read_umask():
     mask = os.umask(0)  # the umask can only be read by setting it
     os.umask(mask)

@@ -22,7 +22,7 @@ from dataset import load_scene  # noqa: E402
 from main import build_parser  # noqa: E402
 from model import reconstruct  # noqa: E402
 from train import train  # noqa: E402
-from utils import auc_score, detection_map  # noqa: E402
+from evaluation import auc_score, detection_map  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 MARGIN = 0.01

@@ -25,7 +25,7 @@ from main import build_parser  # noqa: E402
 from model import load_checkpoint, reconstruct  # noqa: E402
 from runs import checkpoint_path, run_directory  # noqa: E402
 from scoring import blindspot_reconstruct  # noqa: E402
-from utils import auc_score, detection_map  # noqa: E402
+from evaluation import auc_score, detection_map  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out", "scoring")
 

@@ -8,9 +8,9 @@ import scipy.io
 from sklearn.metrics import roc_auc_score
 
 from conftest import SHARED_DATA, needs_shared_data
-from evaluation import (METRIC_KEYS, format_metrics_table, lrx, metrics_3d, plot_roc, plot_roc_3d,
+from evaluation import (METRIC_KEYS, format_metrics_table, lrx, metrics_3d, min_max, plot_roc, plot_roc_3d,
                         plot_separation, roc_points, rx)
-from utils import UserError, min_max
+from utils import UserError
 
 
 def random_scene(height, width, bands, seed=0):

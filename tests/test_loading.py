@@ -13,7 +13,8 @@ import scipy.sparse
 
 from conftest import ROOT, SHARED_DATA, tiny_scene
 from dataset import load_scene
-from utils import UserError, auc_score
+from evaluation import auc_score
+from utils import UserError
 
 VARIANTS = os.path.join(SHARED_DATA, "variants")
 SHARED_FILES = sorted(glob.glob(os.path.join(SHARED_DATA, "*.mat")) + glob.glob(os.path.join(VARIANTS, "*.mat")))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from utils import UserError, auc_score, detection_map, resolve_device
+from evaluation import auc_score, detection_map
+from utils import UserError, resolve_device
 
 
 def test_detection_map_and_auc_match_the_official_figures():
