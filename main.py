@@ -48,21 +48,34 @@ def positive_int():
 
 
 def build_parser():
-    """Every flag with its default; the official code's flags keep the official defaults."""
+    """Every flag with its default and, for numbers, its range; the official code's flags keep its defaults."""
     parser = Parser(
         description="BS3LNet blind-spot self-supervised hyperspectral anomaly detection (Gao et al., TGRS 2023).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    official = parser.add_argument_group("official flags (defaults as in the paper's code)")
+    add_official_flags(parser.add_argument_group("official flags (defaults as in the paper's code)"))
+    add_further_flags(parser.add_argument_group("further flags"))
+    add_evaluation_flags(parser.add_argument_group("evaluation"))
+    add_speed_flags(parser.add_argument_group("speed and scale (opt-in)"))
+    for action in parser._actions:  # each numeric flag's range, in --help
+        if hasattr(action.type, "range"):
+            action.help += f"; range {action.type.range}"
+    return parser
+
+
+def add_official_flags(official):
     official.add_argument("--command", choices=["train", "predict", "rx", "lrx", "benchmark"], default="train",
                           help="train or predict BS3LNet; rx / lrx: the global / local RX baselines; benchmark: "
                                "every --methods on every --datasets")
     official.add_argument("--dataset", default="AVIRIS-II",
-                          help="scene name: <data_dir>/<dataset>.mat, or 'synthetic' for the built-in scene")
-    official.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=1, help="seed for python, numpy, torch, masks and batch order")
+                          help="scene: a name in --data_dir (with or without .mat), a path to a .mat file, or "
+                               "'synthetic' for the built-in scene")
+    official.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=1,
+                          help="seed for python, numpy, torch, masks and batch order")
     official.add_argument("--gpu_ids", default="0", help="GPU index that --device auto uses when CUDA is available")
     official.add_argument("--batch_size", type=positive_int(), default=100, help="patches per training step")
     official.add_argument("--patch", type=number(int, 2), default=19, help="patch side p (one patch per pixel)")
-    official.add_argument("--size_window", type=number(int, 2), default=5, help="window w the blind-spot sources come from")
+    official.add_argument("--size_window", type=number(int, 2), default=5,
+                          help="window w the blind-spot sources come from")
     official.add_argument("--ratio", type=number(float, 0, 1, high_open=True), default=0.9,
                           help="share of each patch left unmasked; ceil(p*p*(1-ratio)) blind spots per patch")
     official.add_argument("--nch_ker", type=positive_int(), default=64, help="feature channels of the network")
@@ -71,13 +84,17 @@ def build_parser():
                           help="BatchNorm2d or InstanceNorm2d (no affine)")
     official.add_argument("--init_weight_type", choices=["normal", "xavier", "kaiming", "orthogonal"],
                           default="normal", help="convolution weight initialisation")
-    official.add_argument("--init_gain", type=number(float, 0, low_open=True), default=0.02, help="gain / std of the initialisation")
+    official.add_argument("--init_gain", type=number(float, 0, low_open=True), default=0.02,
+                          help="gain / std of the initialisation")
     official.add_argument("--lossm", choices=["l1", "l2"], default="l1", help="reconstruction loss at blind spots")
-    official.add_argument("--learning_rate", type=number(float, 0, low_open=True), default=1e-4, help="Adam learning rate")
+    official.add_argument("--learning_rate", type=number(float, 0, low_open=True), default=1e-4,
+                          help="Adam learning rate")
     official.add_argument("--weight_decay", type=number(float, 0), default=1e-5, help="Adam weight decay")
     official.add_argument("--epochs", type=positive_int(), default=1000,
                           help="training epochs; predict loads the checkpoint of this epoch")
-    extra = parser.add_argument_group("further flags")
+
+
+def add_further_flags(extra):
     extra.add_argument("--data_dir", default="./data", help="folder holding <dataset>.mat")
     extra.add_argument("--data_key", default=None,
                        help="name of the scene array in the .mat file (found automatically when unambiguous)")
@@ -105,7 +122,9 @@ def build_parser():
                        help="continue the run these flags describe from its latest checkpoint")
     extra.add_argument("--eval_every", type=positive_int(), default=None,
                        help="during training, record the AUC every N epochs in the log and plot AUC and loss")
-    evaluation = parser.add_argument_group("evaluation")
+
+
+def add_evaluation_flags(evaluation):
     evaluation.add_argument("--scoring", default="official",
                             help="how predict (and --eval_every) scores each pixel: official (the whole scene "
                                  "shown, as the official code) or blindspot (each pixel hidden behind a "
@@ -120,7 +139,9 @@ def build_parser():
                             help="benchmark: comma-separated scenes; none means --dataset")
     evaluation.add_argument("--seeds", default="1,2,3", help="benchmark: comma-separated BS3LNet seeds")
     evaluation.add_argument("--methods", default="bs3lnet,rx,lrx", help="benchmark: comma-separated methods")
-    speed = parser.add_argument_group("speed and scale (opt-in)")
+
+
+def add_speed_flags(speed):
     speed.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off",
                        help="mixed precision for the network (fp16 on GPU only); off = faithful fp32")
     speed.add_argument("--tf32", action="store_true", help="allow TF32 matrix maths on NVIDIA GPUs")
@@ -132,10 +153,6 @@ def build_parser():
     speed.add_argument("--tile", type=positive_int(), default=None,
                        help="predict tile by tile: N x N pixels plus a margin of the receptive-field "
                             "radius (3 + 2*nblk); same map with bnorm, memory bounded by the tile")
-    for action in parser._actions:  # each numeric flag's range, in --help
-        if hasattr(action.type, "range"):
-            action.help += f"; range {action.type.range}"
-    return parser
 
 
 def stop_on_sigterm():

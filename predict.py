@@ -170,9 +170,9 @@ def predict(config):
     scoring_info = dict(name=scoring) if scoring == "official" else dict(
         name=scoring, repeats=config.score_repeats, seed=config.seed, size_window=config.size_window,
         ratio=config.ratio)
-    info = dict(scoring=scoring_info, checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"), model_args=net.args,
-                train_config=checkpoint.get("config"), predict_config=vars(config), device=str(device),
-                scene=scene_info(hsi, gt),
+    info = dict(scoring=scoring_info, checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"),
+                model_args=net.args, train_config=checkpoint.get("config"), predict_config=vars(config),
+                device=str(device), scene=scene_info(hsi, gt),
                 seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4)))
     method = "BS3LNet" if scoring == "official" else f"BS3LNet (blind-spot scoring, R={config.score_repeats})"
     return write_results(config, folder, method, score_map, gt,

@@ -98,7 +98,8 @@ def main():
     lines = [f"Resumed from epoch {start} of `{args.checkpoint}`, {args.epochs} epochs each way, {how}, "
              f"{args.threads} threads each, started {start_time}. Command: `python bench/subnormals.py "
              f"{' '.join(sys.argv[1:])}`.", "",
-             "| epoch | s kept | s flushed | loss kept | loss flushed | equal to 6 decimals |", "|---|---|---|---|---|---|"]
+             "| epoch | s kept | s flushed | loss kept | loss flushed | equal to 6 decimals |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['epoch']} | {row['seconds_kept']:.1f} | {row['seconds_flushed']:.1f} | "
                      f"{row['loss_kept']:.6f} | {row['loss_flushed']:.6f} | "

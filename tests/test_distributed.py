@@ -4,17 +4,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import scipy.io
 import torch
 
 from conftest import ROOT, cli_flags
 from main import build_parser
-from model import load_checkpoint
-from model import reconstruct
+from model import load_checkpoint, reconstruct
 from runs import checkpoint_path, run_directory
 from train import train
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(scene_dir, tmp_path):
     """Equivalent means: the same computation in another floating-point summation order (BatchNorm
     statistics and gradients are summed per process, then across processes). The per-epoch losses

@@ -117,7 +117,8 @@ def test_ctrl_c_stops_the_benchmark_keeps_finished_jobs_and_says_how_to_continue
     code = main(["--command", "benchmark", "--seeds", "1", "--methods", "rx,lrx,bs3lnet", *flags])
     assert code == 130 and calls == ["rx", "lrx"]  # stopped: the third job never started
     err = capsys.readouterr().err
-    assert "interrupted during job 2 of 3" in err and f"Continue with: {sys.executable} main.py --command benchmark" in err
+    assert "interrupted during job 2 of 3" in err
+    assert f"Continue with: {sys.executable} main.py --command benchmark" in err
     table = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
     assert "Interrupted during job 2 of 3" in table
     assert [line.split("|")[7].strip() for line in table.splitlines() if line.startswith("| tiny")] == ["1", "0", "0"]

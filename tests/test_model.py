@@ -68,11 +68,16 @@ def test_normal_init():
     assert all((m.bias == 0).all() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
-@pytest.mark.parametrize("kind", ["xavier", "kaiming", "orthogonal"])
-def test_other_inits_run(kind):
-    net = BS3LNet(4, 8, 1)
-    init_weights(net, kind, 0.02)
-    assert torch.isfinite(net.encoder.weight).all()
+def test_xavier_kaiming_and_orthogonal_inits_follow_their_definitions():
+    """On the 64 -> 64 3x3 convolution of a block: fan_in = fan_out = 576."""
+    torch.manual_seed(0)
+    for kind, check in [
+            ("xavier", lambda w: abs(w.std().item() - 0.5 * (2 / (576 + 576)) ** 0.5) < 1e-3),
+            ("kaiming", lambda w: abs(w.std().item() - (2 / 576) ** 0.5) < 3e-3),
+            ("orthogonal", lambda w: torch.allclose(w.flatten(1) @ w.flatten(1).T, 0.25 * torch.eye(64), atol=1e-5))]:
+        net = BS3LNet(4, 64, 1)
+        init_weights(net, kind, 0.5)
+        assert check(net.blocks[0].conv1.weight.detach()), kind
 
 
 def test_unreadable_checkpoint_is_a_user_error(tmp_path):

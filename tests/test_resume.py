@@ -84,6 +84,7 @@ def test_ctrl_c_exit_message_from_the_command_line(scene_dir, monkeypatch, capsy
     assert "epoch 1 is saved" in err and "--resume" in err
 
 
+@pytest.mark.slow
 def test_sigint_in_a_real_process_saves_and_exits_cleanly(scene_dir):
     """A real SIGINT to a running `main.py train`: exit status 130, no traceback, a resumable checkpoint."""
     import signal

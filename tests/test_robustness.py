@@ -116,6 +116,7 @@ def test_a_start_killed_before_its_first_checkpoint_can_restart_and_resume(scene
     assert saved_epochs(run_dir) == [2]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_like_ctrl_c(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "100000", "--save_freq", "100000")
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", *flags],
@@ -240,6 +241,7 @@ def test_an_end_to_end_bad_flag_in_a_real_process():
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_with_a_last_batch_smaller_than_the_process_count(scene_dir):
     """120 patches in batches of 7: the last holds one patch, so one of two processes gets none."""
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1", "--batch_size", "7")

@@ -36,6 +36,7 @@ def probe(scene_dir, *extra):
 
 
 @pytest.mark.skipif(not __import__("torch").set_flush_denormal(False), reason="this CPU cannot flush subnormals")
+@pytest.mark.slow
 def test_training_evaluation_and_prediction_flush_subnormals_in_every_thread(scene_dir):
     flushed = probe(scene_dir)
     assert flushed["codes"] == [0, 0]
