@@ -27,6 +27,10 @@ class Interrupted(Exception):
     """Ctrl-C during training, after the last completed epoch was saved; the message says how to resume."""
 
 
+class AlreadyTrained(Exception):
+    """--resume on a run that has a checkpoint of epoch --epochs already: nothing to do."""
+
+
 def masked_loss(output, label, mask, kind="l1", count=None):
     """Mean over all N*B*p*p elements of |out - label| (or its square) at masked positions (mask == 0).
 
@@ -128,18 +132,13 @@ def open_run(run_dir, config, is_main):
     """Decide what the run folder allows: the checkpoint to resume from (or None to start), or why not.
 
     One rule: a folder with no checkpoint holds no run (a start killed before its first checkpoint
-    leaves only a log, replaced with a note); an existing run is refused without --resume or
+    leaves only a log, which start_log replaces with a note); an existing run is refused without --resume or
     --overwrite; --resume continues from the latest checkpoint, and a run already at or past --epochs
     has nothing to train (an error when it lacks a checkpoint of epoch --epochs).
     """
     epochs, old_files = saved_epochs(run_dir), earlier_run_files(run_dir)
     if is_main:
         remove_temporary_files(run_dir)
-        if old_files and (config.overwrite or not epochs):
-            for path in old_files:
-                os.remove(path)
-            print(f"--overwrite: removed {len(old_files)} files of the earlier run in {run_dir}" if epochs else
-                  f"note: an earlier start in {run_dir} left no checkpoint: starting anew")
     if not epochs or config.overwrite:
         if config.resume and not old_files:
             raise UserError(f"nothing to resume: {run_dir} holds no run; run without --resume")
@@ -155,10 +154,6 @@ def open_run(run_dir, config, is_main):
         raise AlreadyTrained(f"{run_dir} is already trained to epoch {epochs[-1]}, with a checkpoint of epoch "
                              f"{config.epochs}: nothing to train (predict with these flags uses it)")
     return load_resume_state(run_dir, epochs[-1])
-
-
-class AlreadyTrained(Exception):
-    """--resume on a run that has a checkpoint of epoch --epochs already: nothing to do."""
 
 
 def set_up(config, device, resumed):
@@ -224,11 +219,21 @@ def epoch_batches(session, config):
 
 
 def start_log(run_dir, config, session):
-    """A new run's log (configuration and network on its first lines), or a resumed run's log trimmed."""
+    """A resumed run's log trimmed, or a new run's log (configuration and network on its first lines).
+
+    A new run first removes what an earlier run left in the folder (with --overwrite, or a start that
+    saved no checkpoint): only now, once the scene has loaded and the network is built.
+    """
     if session.first_epoch > 1:
         trim_log(log_path(run_dir), session.first_epoch - 1)
         print(f"resuming {run_dir} after epoch {session.first_epoch - 1}")
         return
+    old_files = earlier_run_files(run_dir)
+    for path in old_files:
+        os.remove(path)
+    if old_files:
+        print(f"--overwrite: removed {len(old_files)} files of the earlier run in {run_dir}" if config.overwrite
+              else f"note: an earlier start in {run_dir} left no checkpoint: starting anew")
     parameters = sum(p.numel() for p in session.net.parameters())
     atomic_write_text(log_path(run_dir), log_header(vars(config), session.net.args, parameters))
 

@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from runs import log_path, read_log, saved_epochs  # noqa: E402
 DEVICE_DATA = os.path.join(ROOT, "bench", "device_data")
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 SCENES = ("HYDICE-II", "AVIRIS-I_CNND", "AVIRIS-II_CNND")
@@ -135,31 +136,15 @@ def threads_each(count):
 
 
 def read_train_log(run_dir):
-    """Rows of <run_dir>/train_log.tsv: comment lines start with '#', then a header, then
-    `epoch loss seconds auc` separated by tabs (auc empty where not recorded)."""
-    path = os.path.join(run_dir, "train_log.tsv") if run_dir else None
-    if not path or not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as log:
-        for line in log:
-            if not line[:1].isdigit():
-                continue
-            epoch, loss, seconds, auc = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
-            rows.append(dict(epoch=int(epoch), loss=float(loss), seconds=float(seconds),
-                             auc=float(auc) if auc else None))
-    return rows
+    """The epoch rows of <run_dir>/train_log.tsv (none before the training wrote it)."""
+    path = log_path(run_dir) if run_dir else None
+    return read_log(path) if path and os.path.exists(path) else []
 
 
 def run_folder(checkpoints_dir, scene):
     """The one run folder under <checkpoints_dir>/<scene>/, or None before the training made it."""
     found = sorted(glob.glob(os.path.join(checkpoints_dir, scene, "*", "")))
     return found[0] if found else None
-
-
-def saved_epochs(run_dir):
-    names = glob.glob(os.path.join(run_dir, "epoch_*.pt")) if run_dir else []
-    return sorted(int(m.group(1)) for m in (re.search(r"epoch_(\d+)\.pt$", name) for name in names) if m)
 
 
 def steps_per_epoch(scene, data_dir, train_flags):
@@ -387,13 +372,14 @@ class Check:
                     self.archive.append((os.path.join(run_dir, name), f"{scene}/{name}"))
         epoch_seconds = steady_epoch_seconds(rows)
         result = dict(exit=job.process.returncode, stopped_at_deadline=job.interrupted, wall_s=job.seconds,
-                      epochs_reached=rows[-1]["epoch"] if rows else 0, saved_epochs=saved_epochs(run_dir),
+                      epochs_reached=rows[-1]["epoch"] if rows else 0,
+                      saved_epochs=saved_epochs(run_dir) if run_dir else [],
                       s_per_epoch=epoch_seconds,
                       projected_1000_epochs_s=epoch_seconds * 1000 if epoch_seconds else None,
                       last_loss=rows[-1]["loss"] if rows else None,
                       aucs={row["epoch"]: row["auc"] for row in rows if row["auc"] is not None}, predict=None)
         if prediction is not None:
-            latest = os.path.join(self.work, "runs", "results", scene)
+            latest = os.path.join(self.work, "runs", "results", scene, "latest")
             metrics_path = os.path.join(latest, "metrics.json")
             metrics = json.load(open(metrics_path)) if prediction.process.returncode == 0 else {}
             result["predict"] = dict(exit=prediction.process.returncode, epoch=metrics.get("epoch"),
