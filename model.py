@@ -1,4 +1,4 @@
-"""The BS3LNet network, loading checkpoints (ours, or the official code's `.pkl` state_dicts), and
+"""The BS3LNet network and its initialisation, loading checkpoints (ours, or the official code's `.pkl`), and
 applying it to a whole scene, optionally tile by tile."""
 import re
 

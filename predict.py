@@ -1,4 +1,4 @@
-"""Prediction: reconstruct the whole scene, score each pixel by its reconstruction error, write results."""
+"""Prediction: score each pixel by its reconstruction error, write the results folder; the RX/LRX commands."""
 import glob
 import hashlib
 import json

@@ -1,4 +1,4 @@
-"""Shared helpers: user-facing errors, seeding, devices, the detection map and AUC, safe file writes."""
+"""Shared helpers: user-facing errors, seeding, devices, subnormal flushing, the command line, safe file writes."""
 import os
 import random
 import shlex

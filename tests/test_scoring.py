@@ -126,3 +126,21 @@ def test_benchmark_scores_one_training_both_ways(scene_dir):
     assert rows == ["bs3lnet", "bs3lnet-blindspot", "rx"]
     assert "bs3lnet-blindspot against bs3lnet over 1 scenes: " in table
     assert len(os.listdir(scene_dir / "checkpoints" / "tiny")) == 1  # trained once, scored twice
+
+
+def test_blindspot_scoring_with_bf16_and_during_training(scene_dir, monkeypatch):
+    import scoring
+    hsi, _ = tiny_scene()
+    blind = blindspot_reconstruct(random_net(6), hsi, "cpu", 3, 0.9, seed=1, amp="bf16")
+    assert np.isfinite(blind).all() and np.abs(blind).max() > 0
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[3:6])  # size_window, ratio, seed
+        return blindspot_reconstruct(*args, **kwargs)
+    monkeypatch.setattr(scoring, "blindspot_reconstruct", spy)
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "2", "--eval_every", "1", "--seed", "5")
+    assert main(["--command", "train", *flags, "--scoring", "blindspot", "--score_repeats", "1"]) == 0
+    assert calls == [(3, 0.9, 5)] * 2  # one blind-spot scoring per evaluation, seeded by --seed
+    state = torch.load(next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0002.pt")), weights_only=True)
+    assert sorted(state["aucs"]) == [1, 2]
