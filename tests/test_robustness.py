@@ -251,3 +251,25 @@ def test_torchrun_with_a_last_batch_smaller_than_the_process_count(scene_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     losses = [row["loss"] for row in read_log(log_path(run_directory(build_parser().parse_args(flags))))]
     assert len(losses) == 1 and np.isfinite(losses[0])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names open files through /proc (Linux)")
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    import utils
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda handle: synced.append(os.readlink(f"/proc/self/fd/{handle}"))
+                        or real_fsync(handle))
+    utils.atomic_write_text(str(tmp_path / "a.txt"), "x")
+    assert len(synced) == 2 and synced[1] == str(tmp_path)  # the file (under its temporary name), then the folder
+    assert os.path.basename(synced[0]).startswith(".tmp-") and (tmp_path / "a.txt").read_text() == "x"
+
+
+def test_the_continue_command_names_the_launcher(monkeypatch):
+    from utils import command_line
+    monkeypatch.setattr(sys, "argv", ["main.py", "--dataset", "x"])
+    assert command_line(extra=["--resume"]).startswith(sys.executable)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert command_line(extra=["--resume"]).split()[:3] == ["torchrun", "--nproc_per_node", "2"]
+    assert command_line(extra=["--resume"]).endswith("main.py --dataset x --resume")
