@@ -3,7 +3,8 @@
     python bench/cpu_variants.py [--bands 189] [--steps 10]
 
 One step = forward, masked L1 loss, backward and Adam on a batch of 100 patches of 19 x 19 x B
-(the defaults), for: NCHW fp32 (the default), channels_last fp32, bf16 autocast in both layouts.
+(the defaults), for: NCHW fp32, channels_last fp32 (what training uses by default), and bf16
+autocast in both layouts.
 Prints the median of `--steps` steps after two warm-up steps.
 """
 import argparse
