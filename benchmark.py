@@ -36,6 +36,11 @@ def row_name(method, scoring):
     return method if scoring == "official" else f"{method}-{scoring}"
 
 
+def method_rows(method, scoring_list):
+    """The table rows one method fills: BS3LNet one per scoring, a baseline one."""
+    return [row_name(method, scoring) for scoring in (scoring_list if method == "bs3lnet" else ["official"])]
+
+
 def run_one(config, method, scoring_list):
     """Train (unless that run's final checkpoint exists) and score one method; returns {row name: figures}.
 
@@ -133,7 +138,7 @@ def benchmark(config, command_line):
     if unknown:
         raise UserError(f"unknown --methods {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     scoring_list = scorings(config.scoring)
-    rows = [row_name(m, s) for m in methods for s in (scoring_list if m == "bs3lnet" else ["official"])]
+    rows = [row for method in methods for row in method_rows(method, scoring_list)]
     jobs = [(d, m, s) for d in datasets for m in methods for s in (seeds if m == "bs3lnet" else [None])]
     runs = {(d, r): [] for d in datasets for r in rows}
     interrupted = None
@@ -150,7 +155,7 @@ def benchmark(config, command_line):
         except Exception as error:  # one scene's failure is a table entry, not the end of the benchmark
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"failed: {message}")
-            results = {r: dict(error=message) for r in rows if r.split("-")[0] == method}
+            results = {row: dict(error=message) for row in method_rows(method, scoring_list)}
         for row, result in results.items():
             runs[(dataset, row)].append(result)
         print(f"[{number}/{len(jobs)}] done in {time.perf_counter() - started:.1f} s")

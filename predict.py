@@ -51,7 +51,8 @@ def write_results(config, folder, method, score_map, gt, arrays=None, info=None)
     try:
         metrics = write_result_files(config, staging, method, score_map, gt, arrays, info)
         metrics["results"] = os.path.abspath(out_dir)
-        atomic_write_text(os.path.join(staging, "metrics.json"), json.dumps(metrics, indent=2) + "\n")
+        with open(os.path.join(staging, "metrics.json"), "w") as handle:  # the folder is moved into place whole
+            handle.write(json.dumps(metrics, indent=2) + "\n")
         follow_umask(staging, directory=True)
         for name in os.listdir(staging):
             sync_to_disk(os.path.join(staging, name))
@@ -118,6 +119,8 @@ def point_latest_to(dataset_dir, folder):
     """
     link = os.path.join(dataset_dir, LATEST)
     temporary = os.path.join(dataset_dir, f".tmp-{os.getpid()}-latest")
+    if os.path.lexists(temporary):  # left by a killed process that had this process id
+        os.remove(temporary)
     try:
         os.symlink(folder, temporary, target_is_directory=True)
     except (OSError, NotImplementedError):

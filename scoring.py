@@ -92,10 +92,9 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
     for _ in range(repeats):
         group, source = blindspot_partition(height, width, size_window, ratio, generator)
         for g in range(group_count(ratio)):
-            members = torch.nonzero(group == g).squeeze(1).numpy()
+            keep = (group == g).numpy()
+            members = np.flatnonzero(keep)
             flat_shown[members] = flat_scene[source[members].numpy()]
-            keep = np.zeros(height * width, bool)
-            keep[members] = True
             reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=output)
             flat_shown[members] = flat_scene[members]
         if total is not None:

@@ -270,7 +270,8 @@ def run_epochs(run_dir, config, session, after_epoch):
                 session.net.train()
     except KeyboardInterrupt:
         raise interruption(run_dir, config, epoch, snapshot, saved_epoch, is_main) from None
-    print(f"checkpoints and log in {run_dir}") if is_main else None
+    if is_main:
+        print(f"checkpoints and log in {run_dir}")
     return session.losses
 
 
@@ -279,7 +280,8 @@ def record_epoch(run_dir, config, session, epoch, seconds):
     loss, auc = session.losses[-1], session.aucs.get(epoch)
     with open(log_path(run_dir), "a") as log_file:
         log_file.write(log_row(epoch, loss, seconds, auc))
-    print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s" + (f"  AUC {auc:.6f}" if auc else ""))
+    print(f"epoch {epoch}/{config.epochs}  loss {loss:.6f}  {seconds:.1f} s"
+          + (f"  AUC {auc:.6f}" if auc is not None else ""))
     if auc is not None:  # redrawn at each evaluation, so an interrupted run has its curve too
         plot_training_curve(os.path.join(run_dir, CURVE_NAME), session.losses, session.aucs, config.dataset)
 
@@ -324,7 +326,8 @@ def train(config, after_epoch=None):
         try:
             resumed = open_run(run_dir, config, is_main)
         except AlreadyTrained as done:
-            print(done) if is_main else None
+            if is_main:
+                print(done)
             return torch.load(checkpoint_path(run_dir, config.epochs), weights_only=True)["losses"]
         session = set_up(config, device, resumed)
         if is_main:

@@ -108,7 +108,8 @@ def command_line(argv=None, extra=()):
 
     With the interpreter in use, and under torchrun with its launcher and process count.
     """
-    args = [*(sys.argv[1:] if argv is None else argv), *(a for a in extra if a not in (argv or sys.argv))]
+    given = sys.argv[1:] if argv is None else list(argv)
+    args = given + [a for a in extra if a not in given]
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.py")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         launcher = ["torchrun", "--nproc_per_node", os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])]
@@ -127,9 +128,9 @@ def set_tf32(enabled):
 def flush_subnormals(enabled=True):
     """Flush subnormal floats to zero on the CPU (FTZ and DAZ); returns how the threads now handle them.
 
-    x86 CPUs take a slow path, up to 100x per operation, for floats below 1.2e-38; at some stages of
-    a long training run the network's activations or gradients hold many of them and CPU epochs take
-    twice as long, while flushing them changes no printed loss (bench/subnormals.py). The setting is
+    Many x86 CPUs take a slow path for floats below 1.2e-38; a long CPU run was reported to take twice
+    as long per epoch at some stages without flushing, and flushing changes no printed loss
+    (bench/subnormals.py). The setting is
     per thread and torch's intra-op threads copy it when they start, so call this before the first
     parallel CPU operation of the process: main() does, right after parsing the flags.
     """
