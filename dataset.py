@@ -1,40 +1,160 @@
-"""Scenes (a `.mat` file or the built-in synthetic one) and the blind-spot patch-pair sampler."""
+"""Scenes (a .mat, ENVI or GeoTIFF file, or the built-in synthetic one) and the blind-spot patch-pair sampler."""
 import math
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from matfile import read_mat_scene
+from imagery import RASTER_SUFFIXES, Raster, read_raster_map, read_raster_scene, select_bands
+from matfile import binary_map, read_mat_map, read_mat_scene
 from utils import UserError
 
 SYNTHETIC = "synthetic"
+SCENE_SUFFIXES = (".mat",) + RASTER_SUFFIXES
 MASK_CHUNK = 2 ** 16  # patches per mask-drawing chunk (part of the random stream's definition)
+MOSTLY_MISSING = 0.5  # a note when more than this share of the pixels is no-data
 
 
-def load_scene(data_dir, dataset, data_key=None, gt_key=None):
-    """Return (hsi H x W x B float32, map H x W uint8 0/1 or None) for `dataset`, printing notes on guesses.
+@dataclass
+class Scene:
+    """A scene as the tool uses it.
 
-    `dataset` is `synthetic`, a name in `data_dir` (with or without `.mat`) or a path to a .mat file,
-    read by matfile.read_mat_scene (its rules are there and in data/README.md).
+    `hsi` is H x W x B float32 with no-data pixels filled (fill_missing); `gt` the H x W 0/1 map or None;
+    `missing` H x W bool, True at no-data pixels, or None when every pixel holds data; `bands` the
+    file's 1-based band numbers used; `raster` how an ENVI / TIFF scene is placed (None for .mat).
+    """
+    hsi: np.ndarray
+    gt: np.ndarray = None
+    missing: np.ndarray = None
+    bands: list = field(default_factory=list)
+    raster: Raster = None
+    path: str = None
+
+    def describe(self):
+        """What metrics.json records of the scene."""
+        height, width, bands = self.hsi.shape
+        info = dict(path=self.path and os.path.abspath(self.path), height=height, width=width, bands=bands,
+                    bands_used=self.bands, anomaly_pixels=None if self.gt is None else int(self.gt.sum()),
+                    nodata_pixels=0 if self.missing is None else int(self.missing.sum()))
+        if self.raster is not None:
+            info["raster"] = self.raster.describe()
+        return info
+
+
+def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop_bands=(), keep_bad_bands=False):
+    """The Scene `dataset` names, printing notes on guesses.
+
+    `dataset` is `synthetic`, a name in `data_dir` or a path, of a .mat file (matfile.read_mat_scene), an
+    ENVI header or a (Geo)TIFF (imagery.read_raster_scene). `gt_file` is a ground-truth map in a file of
+    its own (.mat, ENVI or TIFF), used instead of one inside the scene's file. `drop_bands` are 1-based
+    band numbers left out; an ENVI file's bbl bad bands are left out too unless `keep_bad_bands`.
     """
     if dataset == SYNTHETIC:
-        return synthetic_scene()
-    return read_mat_scene(scene_path(data_dir, dataset), data_key, gt_key)
+        hsi, gt = synthetic_scene()
+        scene = Scene(hsi, gt, bands=list(range(1, hsi.shape[2] + 1)))
+    else:
+        path = scene_path(data_dir, dataset)
+        if path.lower().endswith(".mat"):
+            hsi, gt = read_mat_scene(path, data_key, gt_key)
+            bands = select_bands(hsi.shape[2], drop_bands, [], path)
+            if len(bands) < hsi.shape[2]:
+                hsi = np.ascontiguousarray(hsi[:, :, np.asarray(bands) - 1])
+            scene = Scene(hsi, gt, bands=bands, path=path)
+        else:
+            hsi, missing, bands, raster = read_raster_scene(path, drop_bands, keep_bad_bands)
+            scene = Scene(hsi, None, missing if missing.any() else None, bands, raster, path)
+            check_missing(scene)
+    if drop_bands:
+        print(f"using {len(scene.bands)} bands of {scene.path or dataset} (--drop_bands left out {len(drop_bands)})")
+    if gt_file is not None:
+        if scene.gt is not None:
+            print(f"note: using the ground truth in {gt_file}, not the map inside {scene.path}")
+        scene.gt = read_map_file(gt_file, scene.hsi.shape[:2], gt_key)
+    return scene
+
+
+def scene_from_config(config):
+    """load_scene with the scene flags of `config`."""
+    return load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key, config.gt_file,
+                      config.drop_bands, config.keep_bad_bands)
+
+
+def check_missing(scene):
+    """Refuse a scene without data; note one mostly without; fill the no-data pixels as context."""
+    if scene.missing is None:
+        return
+    count, total = int(scene.missing.sum()), scene.missing.size
+    if count == total:
+        raise UserError(f"every pixel of {scene.path} is no-data (its ignore / nodata value or NaN): check the "
+                        "file, its 'data ignore value' or nodata tag, and --drop_bands")
+    if count > MOSTLY_MISSING * total:
+        print(f"note: {scene.path} is mostly no-data: {count} of {total} pixels ({100 * count / total:.0f} %) are "
+              "left out of training and scoring")
+    else:
+        print(f"{count} no-data pixels of {scene.path} are left out of training and scoring")
+    fill_missing(scene.hsi, scene.missing)
+
+
+def fill_missing(hsi, missing):
+    """Give each no-data pixel the spectrum of its nearest data pixel, in place.
+
+    The network still sees no-data pixels as context around data pixels (they are never patch centres,
+    targets or scored). The nearest data spectrum continues the background across the gap, as the reflect
+    padding does at the scene's border; a constant fill would draw an edge that makes its neighbours look
+    anomalous.
+    """
+    from scipy.ndimage import distance_transform_edt
+    nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
+    rows, cols = np.nonzero(missing)
+    for start in range(0, len(rows), 2 ** 16):  # bounded temporaries on big scenes
+        part = slice(start, start + 2 ** 16)
+        hsi[rows[part], cols[part]] = hsi[nearest[0][rows[part], cols[part]], nearest[1][rows[part], cols[part]]]
+
+
+def read_map_file(path, shape, gt_key=None):
+    """A 0/1 ground-truth map of an H x W scene from a file of its own: .mat, ENVI .hdr or TIFF."""
+    if not os.path.isfile(path):
+        raise UserError(f"ground-truth file {path} not found: pass the path to a .mat, .hdr or .tif map")
+    if path.lower().endswith(".mat"):
+        return read_mat_map(path, gt_key, shape)
+    if not path.lower().endswith(RASTER_SUFFIXES):
+        raise UserError(f"--gt_file {path}: use a .mat, .hdr, .tif or .tiff file")
+    return binary_map(path, "band 1", read_raster_map(path, shape))
+
+
+def scene_name(dataset):
+    """The scene's name in the checkpoints and results folders: the file name without folder and suffix."""
+    name = os.path.basename(dataset.rstrip("/\\"))
+    for suffix in SCENE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return name
 
 
 def scene_path(data_dir, dataset):
-    """The file `--dataset` names: a path to a .mat file, or a name in --data_dir with or without `.mat`."""
-    candidates = [dataset] if dataset.endswith(".mat") and os.path.dirname(dataset) else []
-    candidates += [os.path.join(data_dir, dataset + ("" if dataset.endswith(".mat") else ".mat"))]
+    """The file `--dataset` names: a path to a .mat, .hdr, .tif or .tiff file, or a name in --data_dir
+    (with its suffix, or without it for a .mat file)."""
+    suffixed = dataset.lower().endswith(SCENE_SUFFIXES)
+    candidates = [dataset] if suffixed and os.path.dirname(dataset) else []
+    candidates += [os.path.join(data_dir, dataset + ("" if suffixed else ".mat"))]
+    if not suffixed and os.path.isfile(dataset) and os.path.splitext(dataset)[1]:
+        raise UserError(f"{dataset}: scenes are .mat, .hdr (ENVI: pass the header, not its data file), .tif or "
+                        ".tiff files")
     for path in candidates:
         if os.path.isdir(path):
-            raise UserError(f"{path} is a folder, not a scene file: pass the .mat file inside it, or its name "
+            raise UserError(f"{path} is a folder, not a scene file: pass the scene file inside it, or its name "
                             "with --data_dir set to the folder")
         if os.path.isfile(path):
             return path
+    found = [os.path.basename(dataset) + suffix for suffix in RASTER_SUFFIXES
+             if not suffixed and os.path.isfile(os.path.join(data_dir, dataset + suffix))]
+    if found:
+        raise UserError(f"scene {dataset} is not a .mat file in {data_dir}, but {found[0]} is: pass "
+                        f"--dataset {found[0]}")
     raise UserError(f"scene file {candidates[-1]} not found: put {os.path.basename(candidates[-1])} in {data_dir} "
-                    "(or pass --data_dir, or a path to the file as --dataset), or use --dataset synthetic")
+                    "(or pass --data_dir, or a path to a .mat, .hdr or .tif file as --dataset), or use "
+                    "--dataset synthetic")
 
 
 def synthetic_scene(height=40, width=48, bands=32, seed=0):
@@ -88,9 +208,13 @@ class BlindSpotSampler:
     target's whole spectrum replaced by the original spectrum at its source; the label is the
     original patch; the mask is 0 at targets and 1 elsewhere. Masks are stored as (targets,
     sources) index pairs, a few bytes per target, and patches are gathered per batch on `device`.
+
+    With `missing` (H x W bool), only data pixels are patch centres (patch k is centred on the k-th data
+    pixel in row-major order), and a target that falls on a no-data pixel is no target: its position
+    keeps its (filled) value and mask 1, so it is neither replaced nor counted in the loss.
     """
 
-    def __init__(self, hsi, patch=19, size_window=5, ratio=0.9, device="cpu"):
+    def __init__(self, hsi, patch=19, size_window=5, ratio=0.9, device="cpu", missing=None):
         height, width, bands = hsi.shape
         if patch < 2:
             raise UserError(f"--patch {patch} is too small: use at least 2 (default 19)")
@@ -103,7 +227,6 @@ class BlindSpotSampler:
         if not 0 <= ratio < 1:
             raise UserError(f"--ratio {ratio} must be in [0, 1): it is the share of each patch left unmasked")
         self.height, self.width, self.bands, self.patch, self.size_window = height, width, bands, patch, size_window
-        self.num_patches = height * width
         self.n_targets = math.ceil(patch * patch * (1 - ratio))
         self.device = torch.device(device)
         pad = patch // 2
@@ -111,8 +234,13 @@ class BlindSpotSampler:
         padded_width = padded.shape[1]
         # Pixels as rows of a (pixels x bands) table: a patch is a gather of p*p rows.
         self.pixels = torch.from_numpy(np.ascontiguousarray(padded.reshape(-1, bands), np.float32)).to(self.device)
-        rows, cols = np.divmod(np.arange(self.num_patches), width)
+        centres = np.arange(height * width) if missing is None else np.flatnonzero(~missing)
+        self.num_patches = len(centres)
+        rows, cols = np.divmod(centres, width)
         self.patch_origin = torch.from_numpy(rows * padded_width + cols).to(self.device)
+        # Data pixels of the padded scene (padded like the scene itself), or None when all are data.
+        self.has_data = None if missing is None else torch.from_numpy(
+            ~np.pad(missing, pad, mode="reflect").ravel()).to(self.device)
         within = np.arange(patch)
         offsets = (within[:, None] * padded_width + within[None, :]).ravel()
         self.patch_offsets = torch.from_numpy(offsets).to(self.device)
@@ -167,8 +295,10 @@ class BlindSpotSampler:
         patch_index = patch_index.to(self.device)
         targets, sources = targets.to(self.device).long(), sources.to(self.device).long()
         count, p = patch_index.numel(), self.patch
-        source_of = self.identity.expand(count, -1).scatter(1, targets, sources)
         origin = self.patch_origin[patch_index][:, None]
+        if self.has_data is not None:  # a target on a no-data pixel is its own source: no target at all
+            sources = torch.where(self.has_data[origin + self.patch_offsets[targets]], sources, targets)
+        source_of = self.identity.expand(count, -1).scatter(1, targets, sources)
         label = self.pixels[origin + self.patch_offsets]
         inputs = self.pixels[origin + self.patch_offsets[source_of]]
         mask = (source_of == self.identity).to(label.dtype)

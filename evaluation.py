@@ -26,8 +26,10 @@ def min_max(scores):
     return (scores - low) / (high - low)
 
 
-def detection_map(hsi, reconstructed, rows_per_block=64):
+def detection_map(hsi, reconstructed, missing=None, rows_per_block=64):
     """Per-pixel mean squared error over bands (H x W x B inputs), min-max scaled to [0, 1], float32.
+
+    With `missing` (H x W bool), no-data pixels are NaN and the scaling is over the data pixels.
 
     Computed in float64, where squares of float32 values cannot overflow (in float32 a scene with values
     near 1e20 gave an all-zero map), a block of rows at a time, so a big scene needs no full-size
@@ -38,7 +40,24 @@ def detection_map(hsi, reconstructed, rows_per_block=64):
         rows = slice(top, top + rows_per_block)
         difference = np.asarray(hsi[rows], np.float64) - np.asarray(reconstructed[rows], np.float64)
         error[rows] = np.mean(difference ** 2, axis=2)
-    return min_max(error).astype(np.float32)
+    return with_missing(min_max, error, missing).astype(np.float32)
+
+
+def with_missing(score, values, missing):
+    """`score(values)` (H x W or H x W x B) over the data pixels only: an H x W map, NaN at the `missing`
+    ones (H x W bool, or None when all pixels hold data)."""
+    if missing is None:
+        return score(values)
+    result = np.full(missing.shape, np.nan)
+    result[~missing] = score(values[~missing])
+    return result
+
+
+def data_pixels(values, missing):
+    """An H x W map's values at the data pixels (flat), or the map itself when no pixel is `missing` (None)."""
+    if values is None or missing is None:
+        return values
+    return np.asarray(values)[~missing]
 
 
 def auc_undefined(gt_map):
@@ -77,23 +96,28 @@ def _pinv_rcond(bands):
     return bands * np.finfo(np.float64).eps
 
 
-def rx(hsi):
+def rx(hsi, missing=None):
     """Global RX: squared Mahalanobis distance of every pixel to the scene mean; H x W x B -> H x W float64.
 
     The covariance over all pixels is inverted with a pseudo-inverse, as `spectral.rx` does; higher is
-    more anomalous.
+    more anomalous. With `missing` (H x W bool), the statistics are the data pixels' and no-data pixels
+    score NaN.
     """
-    hsi = np.asarray(hsi, np.float64)
-    height, width, bands = hsi.shape
-    if height * width <= bands + 1:  # then every pixel is equally far from the others: scores are rounding noise
-        raise UserError(f"RX needs more pixels than bands + 1, and the scene has {height * width} pixels and "
-                        f"{bands} bands: with so few pixels RX scores every pixel alike")
-    pixels = hsi.reshape(-1, bands)
+    return with_missing(_rx_scores, np.asarray(hsi, np.float64), missing)
+
+
+def _rx_scores(spectra):
+    """RX scores of spectra (... x B), against their own mean and covariance."""
+    bands = spectra.shape[-1]
+    pixels = spectra.reshape(-1, bands)
+    if len(pixels) <= bands + 1:  # then every pixel is equally far from the others: scores are rounding noise
+        raise UserError(f"RX needs more pixels than bands + 1, and the scene has {len(pixels)} pixels with data "
+                        f"and {bands} bands: with so few pixels RX scores every pixel alike")
     centred = pixels - pixels.mean(axis=0)
     # np.cov's 1/(N-1). 1/N would scale every score by the same factor and leave every AUC as it is.
     covariance = np.atleast_2d(np.cov(pixels, rowvar=False))
     inverse = np.linalg.pinv(covariance, rcond=_pinv_rcond(bands), hermitian=True)
-    return np.sum((centred @ inverse) * centred, axis=1).reshape(height, width)
+    return np.sum((centred @ inverse) * centred, axis=1).reshape(spectra.shape[:-1])
 
 
 def lrx_singular_note(win_in, win_out, bands):

@@ -43,6 +43,21 @@ def describe_range(low, high, low_open, high_open):
     return f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
 
 
+def band_list(text):
+    """An argparse type: '104-113,148-167' -> the sorted band numbers (from 1) it names."""
+    bands = set()
+    for piece in filter(None, (piece.strip() for piece in text.split(","))):
+        low, _, high = piece.partition("-")
+        try:
+            low, high = int(low), int(high or low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{piece}' is not a band number or a range like 104-113") from None
+        if not 1 <= low <= high:
+            raise argparse.ArgumentTypeError(f"'{piece}': bands are numbered from 1, ranges go up (104-113)")
+        bands.update(range(low, high + 1))
+    return tuple(sorted(bands))
+
+
 def positive_int():
     return number(int, 1)
 
@@ -67,8 +82,9 @@ def add_official_flags(official):
                           help="train or predict BS3LNet; rx / lrx: the global / local RX baselines; benchmark: "
                                "every --methods on every --datasets")
     official.add_argument("--dataset", default="AVIRIS-II",
-                          help="scene: a name in --data_dir (with or without .mat), a path to a .mat file, or "
-                               "'synthetic' for the built-in scene")
+                          help="scene: a .mat file (name in --data_dir, with or without .mat, or a path), an ENVI "
+                               ".hdr or a (Geo)TIFF .tif/.tiff (name in --data_dir or path), or 'synthetic' for "
+                               "the built-in scene")
     official.add_argument("--seed", type=number(int, 0, 2 ** 32 - 1), default=1,
                           help="seed for python, numpy, torch, masks and batch order")
     official.add_argument("--gpu_ids", default="0", help="GPU index that --device auto uses when CUDA is available")
@@ -95,11 +111,18 @@ def add_official_flags(official):
 
 
 def add_further_flags(extra):
-    extra.add_argument("--data_dir", default="./data", help="folder holding <dataset>.mat")
+    extra.add_argument("--data_dir", default="./data", help="folder holding the scene files named by --dataset")
     extra.add_argument("--data_key", default=None,
                        help="name of the scene array in the .mat file (found automatically when unambiguous)")
     extra.add_argument("--gt_key", default=None,
                        help="name of the ground-truth map in the .mat file (found automatically when unambiguous)")
+    extra.add_argument("--gt_file", default=None,
+                       help="ground-truth map in a file of its own (.mat, ENVI .hdr or .tif; 1 = anomaly), used "
+                            "instead of a map inside the scene's file")
+    extra.add_argument("--drop_bands", type=band_list, default=(),
+                       help="leave out these bands (numbered from 1, as in ENVI), e.g. 104-113,148-167")
+    extra.add_argument("--keep_bad_bands", action="store_true",
+                       help="keep the bands an ENVI header's bbl flags as bad (left out by default)")
     extra.add_argument("--checkpoints_dir", default="./checkpoints",
                        help="runs are saved in <checkpoints_dir>/<dataset>/<configuration>/")
     extra.add_argument("--results_dir", default="./results",

@@ -70,7 +70,7 @@ def read_mat_scene(path, data_key=None, gt_key=None):
     if height < 2 or width < 2:
         raise UserError(f"the scene '{scene_key}' in {path} is {height} x {width} pixels: "
                         "at least 2 x 2 are needed")
-    return _finite_float32(path, scene_key, hsi), None if gt is None else _binary_map(path, map_key, gt)
+    return _finite_float32(path, scene_key, hsi), None if gt is None else binary_map(path, map_key, gt)
 
 
 class _NonNumeric:
@@ -212,6 +212,21 @@ def _guess_map_key(path, arrays, scene_key, shapes):
     return named[0] if named else None  # a misshapen map is reported by the shape check that follows
 
 
+def read_mat_map(path, gt_key, shape):
+    """A 0/1 ground-truth map of an H x W scene from a .mat file of its own: `gt_key`, else the one H x W array
+    under a usual name (MAP_KEYS), else the one H x W array."""
+    arrays = _read_mat(path)
+    key = gt_key if gt_key is not None else _guess_map_key(path, arrays, None, (tuple(shape),))
+    if key is None:
+        raise UserError(f"{path} holds no {shape[0]} x {shape[1]} map (keys present: {', '.join(arrays) or 'none'}): "
+                        "pass the ground truth of this scene, or name it with --gt_key")
+    gt = _real_array(path, arrays, key, "--gt_key", "save the ground truth as an H x W array")
+    if gt.shape != tuple(shape):
+        raise UserError(f"'{key}' in {path} has shape {gt.shape} but the scene is {shape[0]} x {shape[1]} pixels: "
+                        "pass the map of this scene")
+    return binary_map(path, key, gt)
+
+
 def _real_array(path, arrays, key, flag, fix):
     """arrays[key] when it is a real numeric array, else a UserError saying what it is."""
     if key not in arrays:
@@ -238,7 +253,7 @@ def _finite_float32(path, key, hsi):
     return np.ascontiguousarray(hsi, dtype=np.float32)  # no normalisation of any kind, as in the official code
 
 
-def _binary_map(path, key, gt):
+def binary_map(path, key, gt):
     """0/1 uint8 from a logical, 0/1 or 0/255 map; a map with other values is refused, naming them."""
     values = np.unique(gt)
     if not np.isin(values, (0, 1)).all():

@@ -11,9 +11,11 @@ import time
 import numpy as np
 import scipy.io
 
-from dataset import load_scene
-from evaluation import (auc_undefined, detection_map, format_metrics_table, lrx, lrx_singular_note, meaningless_map,
-                        metrics_3d, min_max, plot_detection_map, plot_roc, plot_roc_3d, plot_separation, rx)
+from dataset import scene_from_config, scene_name
+from evaluation import (auc_undefined, data_pixels, detection_map, format_metrics_table, lrx, lrx_singular_note,
+                        meaningless_map, metrics_3d, min_max, plot_detection_map, plot_roc, plot_roc_3d,
+                        plot_separation, rx, with_missing)
+from imagery import write_cube, write_map
 from model import load_checkpoint
 from runs import checkpoint_path, run_directory, saved_epochs
 from scoring import score_reconstruction, scoring_name, single_scoring
@@ -36,20 +38,21 @@ def find_checkpoint(config):
     return path
 
 
-def write_results(config, folder, method, score_map, gt, arrays=None, info=None):
-    """Write a method's score map, figures and metrics.json; returns the metrics.
+def write_results(config, folder, method, score_map, scene, arrays=None, info=None):
+    """Write a method's score map (NaN at no-data pixels), figures and metrics.json; returns the metrics.
 
-    Files go to <results_dir>/<dataset>/<folder>/ (one folder per configuration), written completely in a
-    staging folder first and then moved into place, and <results_dir>/<dataset>/latest is switched to
+    Files go to <results_dir>/<scene name>/<folder>/ (one folder per configuration), written completely in
+    a staging folder first and then moved into place, and <results_dir>/<scene name>/latest is switched to
     that folder in one step: a kill at any moment leaves each view one run's files, never a mixture.
+    `arrays` maps file names to (key, array) for .mat files, or to a function writing the file at a path.
     """
-    dataset_dir = os.path.join(config.results_dir, config.dataset)
+    dataset_dir = os.path.join(config.results_dir, scene_name(config.dataset))
     out_dir = os.path.join(dataset_dir, folder)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     remove_abandoned_staging(os.path.dirname(out_dir))
     staging = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".tmp-{os.getpid()}-")
     try:
-        metrics = write_result_files(config, staging, method, score_map, gt, arrays, info)
+        metrics = write_result_files(config, staging, method, score_map, scene, arrays, info)
         metrics["results"] = os.path.abspath(out_dir)
         with open(os.path.join(staging, "metrics.json"), "w") as handle:  # the folder is moved into place whole
             handle.write(json.dumps(metrics, indent=2) + "\n")
@@ -77,25 +80,34 @@ def write_results(config, folder, method, score_map, gt, arrays=None, info=None)
     return metrics
 
 
-def write_result_files(config, out_dir, method, score_map, gt, arrays, info):
-    """The score map, the arrays, the figures into `out_dir`; returns the metrics (not yet written)."""
+def write_result_files(config, out_dir, method, score_map, scene, arrays, info):
+    """The score map, the arrays, the figures into `out_dir`; returns the metrics (not yet written).
+
+    The metrics are over the data pixels: no-data pixels are left out of the AUC.
+    """
     scipy.io.savemat(os.path.join(out_dir, "detectmap.mat"), {"detectmap": score_map})
-    for name, (key, value) in (arrays or {}).items():
-        scipy.io.savemat(os.path.join(out_dir, name), {key: value})
+    if scene.raster is not None:
+        write_map(out_dir, "detectmap", score_map, scene.raster)
+    for name, contents in (arrays or {}).items():
+        if callable(contents):
+            contents(os.path.join(out_dir, name))
+        else:
+            scipy.io.savemat(os.path.join(out_dir, name), {contents[0]: contents[1]})
+    gt, scores = data_pixels(scene.gt, scene.missing), data_pixels(score_map, scene.missing)
     metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=auc_undefined(gt), metrics_3d=None,
                    **(info or {}))
     if metrics["auc_note"] is None:
-        metrics["auc_note"] = meaningless_map(score_map)
+        metrics["auc_note"] = meaningless_map(scores)
     if metrics["auc_note"] is None:
-        metrics["metrics_3d"] = metrics_3d(gt, score_map)
+        metrics["metrics_3d"] = metrics_3d(gt, scores)
         metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
     title = f"{config.dataset}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
-    plot_detection_map(os.path.join(out_dir, "detectmap.png"), score_map, gt, title)
+    plot_detection_map(os.path.join(out_dir, "detectmap.png"), score_map, scene.gt, title)
     if metrics["auc"] is not None:
-        curves = {method: (gt, score_map)}
+        curves = {method: (gt, scores)}
         plot_roc(os.path.join(out_dir, "roc.png"), curves, log_pf=config.roc_log, title=f"{config.dataset}: ROC")
         plot_roc_3d(os.path.join(out_dir, "roc3d.png"), curves, title=f"{config.dataset}: 3D ROC")
-        plot_separation(os.path.join(out_dir, "separation.png"), {method: score_map}, gt,
+        plot_separation(os.path.join(out_dir, "separation.png"), {method: scores}, gt,
                         title=f"{config.dataset}: score separation")
     return metrics
 
@@ -129,11 +141,6 @@ def point_latest_to(dataset_dir, folder):
     os.replace(temporary, link)
 
 
-def scene_info(hsi, gt):
-    return dict(height=hsi.shape[0], width=hsi.shape[1], bands=hsi.shape[2],
-                anomaly_pixels=None if gt is None else int(gt.sum()))
-
-
 def predict(config):
     """Score every pixel of `config.dataset` with a trained BS3LNet; returns the metrics dict."""
     scoring = single_scoring(config)
@@ -141,7 +148,8 @@ def predict(config):
     print(f"device: {device}")
     set_tf32(config.tf32)
     started = time.perf_counter()
-    hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
+    scene = scene_from_config(config)
+    hsi = scene.hsi
     path = find_checkpoint(config)
     net, checkpoint = load_checkpoint(path)
     flags = dict(nch_ker=config.nch_ker, nblk=config.nblk, norm=config.norm_mode)
@@ -157,13 +165,13 @@ def predict(config):
         print("warning: --tile with an InstanceNorm network: each tile is normalised by its own statistics, "
               "so the tiled map differs from the whole-scene map; leave --tile out if memory allows", file=sys.stderr)
     loaded = time.perf_counter()
-    reconstructed = score_reconstruction(net, hsi, device, config)
+    reconstructed = score_reconstruction(net, hsi, device, config, scene.missing)
     inferred = time.perf_counter()
     if not np.isfinite(reconstructed).all():
         raise UserError(f"the network's reconstruction of {config.dataset} holds NaN or infinite values: the scene's "
                         f"values (largest {np.abs(hsi).max():.3g}) are beyond what the float32 network can take; "
                         "rescale the scene (and train on the rescaled scene)")
-    score_map = detection_map(hsi, reconstructed)
+    score_map = detection_map(hsi, reconstructed, scene.missing)
     if config.checkpoint:  # named by the file and a digest of its full path: two runs' epoch_0003.pt differ
         digest = hashlib.sha1(os.path.abspath(config.checkpoint).encode()).hexdigest()[:8]
         folder = f"checkpoint_{os.path.splitext(os.path.basename(config.checkpoint))[0]}_{digest}"
@@ -175,26 +183,30 @@ def predict(config):
         ratio=config.ratio)
     info = dict(scoring=scoring_info, checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"),
                 model_args=net.args, train_config=checkpoint.get("config"), predict_config=vars(config),
-                device=str(device), scene=scene_info(hsi, gt),
+                device=str(device), scene=scene.describe(),
                 seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4)))
     method = "BS3LNet" if scoring == "official" else f"BS3LNet (blind-spot scoring, R={config.score_repeats})"
-    return write_results(config, folder, method, score_map, gt,
-                         {"reconstructed_data.mat": ("reconstructed_data", reconstructed)}, info)
+    if scene.raster is None:
+        arrays = {"reconstructed_data.mat": ("reconstructed_data", reconstructed)}
+    else:  # placed like the scene, and written in blocks: a flight line's reconstruction is as big as the scene
+        arrays = {"reconstructed.tif": lambda target: write_cube(target, reconstructed, scene.raster)}
+    return write_results(config, folder, method, score_map, scene, arrays, info)
 
 
 def detect_with_baseline(config, method):
     """Global RX (`rx`) or dual-window local RX (`lrx`) on `config.dataset`; writes what `predict` writes."""
-    hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
+    scene = scene_from_config(config)
     started = time.perf_counter()
     if method == "rx":
-        scores, folder, label = rx(hsi), "rx", "RX"
-    else:
-        scores = lrx(hsi, config.win_in, config.win_out)
+        scores, folder, label = rx(scene.hsi, scene.missing), "rx", "RX"
+    else:  # windows reaching into no-data see its fill (the nearest data spectra); its own scores are dropped below
+        scores = lrx(scene.hsi, config.win_in, config.win_out)
         folder, label = f"lrx_{config.win_in}_{config.win_out}", f"LRX {config.win_in}/{config.win_out}"
-    info = dict(predict_config=vars(config), scene=scene_info(hsi, gt),
+    info = dict(predict_config=vars(config), scene=scene.describe(),
                 seconds=dict(inference=round(time.perf_counter() - started, 4)))
-    note = lrx_singular_note(config.win_in, config.win_out, hsi.shape[2]) if method == "lrx" else None
+    note = lrx_singular_note(config.win_in, config.win_out, scene.hsi.shape[2]) if method == "lrx" else None
     if note:
         print(f"note: {note}")
         info["note"] = note
-    return write_results(config, folder, label, min_max(scores).astype(np.float32), gt, None, info)
+    return write_results(config, folder, label, with_missing(min_max, scores, scene.missing).astype(np.float32),
+                         scene, None, info)

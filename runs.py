@@ -5,6 +5,8 @@ import json
 import os
 import re
 
+from dataset import scene_name
+from imagery import ranges_text
 from utils import UserError
 
 try:
@@ -29,7 +31,11 @@ def run_directory(config):
         name += f"_ppe{config.patches_per_epoch}"
     if config.amp != "off":
         name += f"_{config.amp}"
-    return os.path.join(config.checkpoints_dir, config.dataset, name)
+    if config.drop_bands:
+        name += f"_drop{ranges_text(config.drop_bands, '+')}"
+    if config.keep_bad_bands:
+        name += "_allbands"
+    return os.path.join(config.checkpoints_dir, scene_name(config.dataset), name)
 
 
 def checkpoint_path(run_dir, epoch):

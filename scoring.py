@@ -76,12 +76,14 @@ def blindspot_partition(height, width, size_window, ratio, generator):
                     "raise --size_window or --ratio")
 
 
-def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1, tile=None, amp="off"):
+def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1, tile=None, amp="off",
+                          missing=None):
     """Each pixel's reconstruction with its own spectrum hidden, averaged over `repeats` partitions.
 
     For every group of a partition, one pass of the whole scene (or tile by tile) in which each pixel of
     the group shows its source's spectrum; the reconstruction is kept at the group's pixels only. A
     pixel's result so never depends on its own spectrum. Seeded by `seed`: deterministic on one device.
+    No-data pixels (`missing`, H x W bool) are never hidden: they keep their fill as context.
     """
     height, width, bands = hsi.shape
     generator = torch.Generator().manual_seed(seed)
@@ -93,7 +95,7 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
         group, source = blindspot_partition(height, width, size_window, ratio, generator)
         for g in range(group_count(ratio)):
             keep = (group == g).numpy()
-            members = np.flatnonzero(keep)
+            members = np.flatnonzero(keep if missing is None else keep & ~missing.ravel())
             flat_shown[members] = flat_scene[source[members].numpy()]
             reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=output)
             flat_shown[members] = flat_scene[members]
@@ -102,12 +104,12 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
     return output if total is None else total / np.float32(repeats)
 
 
-def score_reconstruction(net, hsi, device, config):
+def score_reconstruction(net, hsi, device, config, missing=None):
     """The reconstruction that `config.scoring` scores: official (whole scene, every pixel shown) or blindspot."""
     if single_scoring(config) == "official":
         return reconstruct(net, hsi, device, config.tile, config.amp)
     return blindspot_reconstruct(net, hsi, device, config.size_window, config.ratio, config.seed,
-                                 config.score_repeats, config.tile, config.amp)
+                                 config.score_repeats, config.tile, config.amp, missing)
 
 
 def scoring_name(config):

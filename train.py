@@ -11,8 +11,8 @@ import torch
 from tqdm import tqdm
 
 import distributed
-from dataset import BlindSpotSampler, load_scene
-from evaluation import auc_score, auc_undefined, detection_map, plot_training_curve
+from dataset import BlindSpotSampler, scene_from_config
+from evaluation import auc_score, auc_undefined, data_pixels, detection_map, plot_training_curve
 from model import BS3LNet, init_weights
 from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, log_header, log_path, log_row,
                   remove_temporary_files, run_directory, run_lock, saved_epochs)
@@ -113,18 +113,19 @@ def validate(config):
     single_scoring(config)
 
 
-def auc_tracker(config, sampler, gt):
+def auc_tracker(config, sampler, gt, missing):
     """A function scoring the whole scene's AUC with the net, when --eval_every asks and the map allows."""
     if config.eval_every is None:
         return None
-    reason = auc_undefined(gt)
+    reason = auc_undefined(data_pixels(gt, missing))
     if reason is not None:
         print(f"note: --eval_every records nothing here ({reason})")
         return None
 
     def scene_auc(net):
         hsi = sampler.scene().cpu().numpy()
-        return auc_score(gt, detection_map(hsi, score_reconstruction(net, hsi, sampler.device, config)))
+        reconstructed = score_reconstruction(net, hsi, sampler.device, config, missing)
+        return auc_score(data_pixels(gt, missing), data_pixels(detection_map(hsi, reconstructed, missing), missing))
     return scene_auc
 
 
@@ -159,10 +160,10 @@ def open_run(run_dir, config, is_main):
 def set_up(config, device, resumed):
     """The scene's sampler and map, the network, optimiser, random streams and masks, as of `resumed`."""
     started = time.perf_counter()
-    hsi, gt = load_scene(config.data_dir, config.dataset, config.data_key, config.gt_key)
+    scene = scene_from_config(config)
     seed_everything(config.seed)
-    sampler = BlindSpotSampler(hsi, config.patch, config.size_window, config.ratio, device)
-    del hsi  # the sampler holds the scene (padded) from now on
+    sampler = BlindSpotSampler(scene.hsi, config.patch, config.size_window, config.ratio, device, scene.missing)
+    scene.hsi = None  # the sampler holds the scene (padded) from now on
     if config.patches_per_epoch and config.patches_per_epoch > sampler.num_patches:
         raise UserError(f"--patches_per_epoch {config.patches_per_epoch} exceeds the scene's "
                         f"{sampler.num_patches} patches: leave it out to use all of them")
@@ -179,7 +180,7 @@ def set_up(config, device, resumed):
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate, betas=(0.5, 0.999),
                                  weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    session = argparse.Namespace(sampler=sampler, gt=gt, net=net, optimizer=optimizer, scaler=scaler,
+    session = argparse.Namespace(sampler=sampler, scene=scene, net=net, optimizer=optimizer, scaler=scaler,
                                  generators=generators, losses=[], aucs={}, first_epoch=1)
     if resumed is not None:
         try:
@@ -244,7 +245,7 @@ def run_epochs(run_dir, config, session, after_epoch):
     On Ctrl-C (or SIGTERM) the last completed epoch is saved and Interrupted says how to continue.
     """
     is_main = distributed.rank() == 0
-    scene_auc = auc_tracker(config, session.sampler, session.gt) if is_main else None
+    scene_auc = auc_tracker(config, session.sampler, session.scene.gt, session.scene.missing) if is_main else None
     snapshot, saved_epoch, epoch = None, session.first_epoch - 1, session.first_epoch
     try:
         for epoch in range(session.first_epoch, config.epochs + 1):

@@ -39,7 +39,8 @@ def main():
     torch.set_num_threads(args.threads)
     official = json.load(open(args.reference))["runs"]
     recorded = sorted({int(e) for run in official.values() for e in run["auc"] if int(e) <= args.epochs})
-    hsi, gt = load_scene(args.data_dir, "HYDICE-II")
+    scene = load_scene(args.data_dir, "HYDICE-II")
+    hsi, gt = scene.hsi, scene.gt
     seeds = [int(s) for s in args.seeds.split(",")]
     ours = {}
     for seed in seeds:

@@ -33,7 +33,8 @@ OUT = os.path.join(ROOT, "bench", "out", "scoring")
 def scores(dataset, epoch, args, repeats):
     """{label: (auc, seconds)} for official scoring and blind-spot scoring with each R in `repeats`."""
     config = build_parser().parse_args(["--dataset", dataset, "--checkpoints_dir", args.runs, "--seed", "1"])
-    hsi, gt = load_scene(args.data_dir, dataset)
+    scene = load_scene(args.data_dir, dataset)
+    hsi, gt = scene.hsi, scene.gt
     net, _ = load_checkpoint(checkpoint_path(run_directory(config), epoch))
     results = {}
     reconstruct(net, hsi, "cpu")  # warm-up: the first pass also sets up the convolutions
