@@ -1,7 +1,8 @@
 """ENVI (through SPy, `spectral`) and GeoTIFF (through `rasterio`) scenes in; georeferenced maps out.
 
-Both packages are optional (requirements-imagery.txt): they are imported only when such a file is used,
-so a user with .mat files alone never needs them. A cube is read a block of rows at a time from a
+Both packages are optional (requirements-imagery.txt) and both are needed for either format (GDAL,
+through rasterio, places ENVI files and writes the GeoTIFF maps); they are imported only when such a
+file is used, so a user with .mat files alone never needs them. A cube is read a block of rows at a time from a
 memory map (ENVI) or a window (GeoTIFF) straight into the float32 scene, so it is never held twice.
 """
 import contextlib
@@ -41,7 +42,7 @@ def _spectral():
     try:
         import spectral.io.envi as envi
     except ImportError:
-        raise UserError(f"reading ENVI files needs SPy: {INSTALL}") from None
+        raise UserError(f"ENVI and GeoTIFF scenes need SPy (spectral): {INSTALL}") from None
     return envi
 
 
@@ -49,16 +50,18 @@ def _rasterio():
     try:
         import rasterio
     except ImportError:
-        raise UserError(f"reading and writing GeoTIFF files needs rasterio: {INSTALL}") from None
+        raise UserError(f"ENVI and GeoTIFF scenes need rasterio: {INSTALL}") from None
     return rasterio
 
 
 @contextlib.contextmanager
 def _gdal_quiet():
-    """rasterio without GDAL's side files (.aux.xml) and without its warning about unreferenced files."""
+    """rasterio without GDAL's side files (.aux.xml), with a small block cache, and without its warning about
+    unreferenced files."""
     rasterio = _rasterio()
     from rasterio.errors import NotGeoreferencedWarning
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"), warnings.catch_warnings():
+    # GDAL's block cache would otherwise grow to 5 % of the machine's memory while a big cube is written.
+    with rasterio.Env(GDAL_PAM_ENABLED="NO", GDAL_CACHEMAX=64), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         yield rasterio
 
@@ -120,16 +123,13 @@ def _read_envi(path, drop_bands, keep_bad_bands):
 
 
 def _envi_placing(data_file):
-    """GDAL's reading of an ENVI file's map info as (crs, transform); (None, None) without rasterio."""
-    try:
-        with _gdal_quiet() as rasterio:
+    """GDAL's reading of an ENVI file's map info as (crs, transform), or (None, None) where GDAL cannot."""
+    with _gdal_quiet() as rasterio:
+        try:
             with rasterio.open(data_file) as source:
                 return source.crs, source.transform
-    except UserError:
-        print(f"note: rasterio is not installed, so no GeoTIFF map will be written ({INSTALL}); the ENVI map "
-              "keeps the header's map info")
-    except Exception as error:  # a header GDAL cannot place: the ENVI map still copies its fields
-        print(f"note: GDAL could not read the map info of {data_file} ({error}): the GeoTIFF map is not placed")
+        except rasterio.errors.RasterioError as error:  # the ENVI map still copies the header's fields
+            print(f"note: GDAL cannot place {data_file} ({error}): no GeoTIFF map is written")
     return None, None
 
 
@@ -252,7 +252,8 @@ def read_raster_map(path, shape):
 
 
 def map_nodata(raster):
-    """The no-data value written in a map: the input's, unless it could be a score in [0, 1], then NaN."""
+    """The no-data value written in output rasters: the input's, unless it could be a score in [0, 1] or is
+    not a float32 value, then NaN."""
     value = raster.nodata
     if value is None or not np.isfinite(value) or 0 <= value <= 1 or np.float32(value) != value:
         return float("nan")
@@ -265,7 +266,7 @@ def write_map(folder, name, score_map, raster):
     nodata = map_nodata(raster)
     values = np.where(np.isnan(score_map), np.float32(nodata), score_map).astype(np.float32)
     written = []
-    if raster.kind == "tiff" or raster.crs is not None or raster.transform is not None:
+    if raster.transform is not None:
         with _gdal_quiet() as rasterio:
             profile = dict(driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
                            dtype="float32", crs=raster.crs, transform=raster.transform, nodata=nodata,
@@ -283,14 +284,17 @@ def write_map(folder, name, score_map, raster):
     return written
 
 
-def write_cube(path, cube, raster, rows_per_block=64):
-    """An H x W x B float32 cube as a GeoTIFF placed like the input, written a block of rows at a time."""
+def write_cube(path, cube, raster, missing=None, rows_per_block=64):
+    """An H x W x B float32 cube as a GeoTIFF placed like the input, no-data where `missing` (H x W bool), written
+    a block of rows at a time."""
+    nodata = map_nodata(raster)
     with _gdal_quiet() as rasterio:
         height, width, bands = cube.shape
         profile = dict(driver="GTiff", height=height, width=width, count=bands, dtype="float32", crs=raster.crs,
-                       transform=raster.transform, interleave="pixel", BIGTIFF="IF_SAFER")
+                       transform=raster.transform, nodata=nodata, interleave="pixel", BIGTIFF="IF_SAFER")
         with rasterio.open(path, "w", **profile) as target:
             for top in range(0, height, rows_per_block):
-                block = cube[top:top + rows_per_block]
-                target.write(np.ascontiguousarray(block.transpose(2, 0, 1)),
-                             window=rasterio.windows.Window(0, top, width, block.shape[0]))
+                block = np.ascontiguousarray(cube[top:top + rows_per_block].transpose(2, 0, 1))
+                if missing is not None:
+                    block[:, missing[top:top + rows_per_block]] = nodata
+                target.write(block, window=rasterio.windows.Window(0, top, width, block.shape[1]))

@@ -101,7 +101,7 @@ def write_result_files(config, out_dir, method, score_map, scene, arrays, info):
     if metrics["auc_note"] is None:
         metrics["metrics_3d"] = metrics_3d(gt, scores)
         metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
-    title = f"{config.dataset}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
+    title = f"{scene_name(config.dataset)}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
     plot_detection_map(os.path.join(out_dir, "detectmap.png"), score_map, scene.gt, title)
     if metrics["auc"] is not None:
         curves = {method: (gt, scores)}
@@ -189,7 +189,7 @@ def predict(config):
     if scene.raster is None:
         arrays = {"reconstructed_data.mat": ("reconstructed_data", reconstructed)}
     else:  # placed like the scene, and written in blocks: a flight line's reconstruction is as big as the scene
-        arrays = {"reconstructed.tif": lambda target: write_cube(target, reconstructed, scene.raster)}
+        arrays = {"reconstructed.tif": lambda target: write_cube(target, reconstructed, scene.raster, scene.missing)}
     return write_results(config, folder, method, score_map, scene, arrays, info)
 
 

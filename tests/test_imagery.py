@@ -1,0 +1,440 @@
+"""ENVI and GeoTIFF scenes: read as written, no-data pixels left out, maps written back in place."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from scipy.ndimage import distance_transform_edt
+from sklearn.metrics import roc_auc_score
+
+envi = pytest.importorskip("spectral.io.envi", reason="ENVI tests need SPy (requirements-imagery.txt)")
+rasterio = pytest.importorskip("rasterio", reason="GeoTIFF tests need rasterio (requirements-imagery.txt)")
+from rasterio.crs import CRS  # noqa: E402
+from rasterio.transform import Affine  # noqa: E402
+
+from conftest import ROOT, tiny_scene  # noqa: E402
+from dataset import BlindSpotSampler, fill_missing, load_scene  # noqa: E402
+from evaluation import detection_map, rx  # noqa: E402
+from main import main  # noqa: E402
+from scoring import blindspot_partition, blindspot_reconstruct  # noqa: E402
+
+UTM33 = CRS.from_epsg(32633)
+TRANSFORM = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4600000.0)  # 30 m pixels from (500000, 4600000)
+MAP_INFO = ["UTM", "1", "1", "500000", "4600000", "30", "30", "33", "North", "WGS-84", "units=Meters"]
+NET_FLAGS = ["--epochs", "1", "--patch", "5", "--nch_ker", "8", "--nblk", "1", "--batch_size", "64",
+             "--device", "cpu"]
+
+
+def write_envi(path, cube, interleave="bsq", byteorder=0, dtype=None, **fields):
+    """`cube` (H x W x B) as an ENVI .hdr / .img pair; `fields` with '_' for ' ' (data_ignore_value=...)."""
+    metadata = {key.replace("_", " "): value for key, value in fields.items()}
+    envi.save_image(str(path), cube, interleave=interleave, byteorder=byteorder, dtype=dtype or cube.dtype,
+                    metadata=metadata, force=True, ext=".img")
+    return str(path)
+
+
+def write_tiff(path, cube, nodata=None, crs=None, transform=TRANSFORM):
+    """`cube` (H x W x B, or H x W) as a GeoTIFF through rasterio."""
+    cube = cube[:, :, None] if cube.ndim == 2 else cube
+    profile = dict(driver="GTiff", height=cube.shape[0], width=cube.shape[1], count=cube.shape[2],
+                   dtype=cube.dtype.name, crs=crs, transform=transform, nodata=nodata)
+    with warnings.catch_warnings():  # a plain TIFF (ground truth) without a transform is meant
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as target:
+            target.write(cube.transpose(2, 0, 1))
+    return str(path)
+
+
+def edit_header(path, old, new):
+    with open(path) as handle:
+        text = handle.read()
+    assert old in text
+    with open(path, "w") as handle:
+        handle.write(text.replace(old, new))
+
+
+def distinct_cube(dtype, shape=(9, 7, 5)):
+    """Values spread over `dtype`'s range (negative ones where it has them), distinct but for uint8."""
+    count = int(np.prod(shape))
+    if np.dtype(dtype).kind == "f":
+        return ((np.arange(count) - 100) * 0.25).astype(dtype).reshape(shape)
+    info = np.iinfo(dtype)
+    step = max(1, (int(info.max) - int(info.min)) // count)
+    values = [int(info.min) + i * step % (int(info.max) - int(info.min) + 1) for i in range(count)]
+    return np.array(values, dtype=object).astype(dtype).reshape(shape)
+
+
+def expected_fill(cube, missing):
+    """Each no-data pixel holding its nearest data pixel's spectrum (scipy's distance_transform_edt)."""
+    nearest = distance_transform_edt(missing, return_distances=False, return_indices=True)
+    return cube[nearest[0], nearest[1]]
+
+
+def cli_flags(tmp_path, path, *extra):
+    """Flags of a quick run on the scene `path`, its runs and results inside `tmp_path`."""
+    return ["--dataset", str(path), *NET_FLAGS, "--checkpoints_dir", str(tmp_path / "c"),
+            "--results_dir", str(tmp_path / "r"), *extra]
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# 1. ENVI files load as written -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("byteorder", [0, 1])
+@pytest.mark.parametrize("interleave", ["bsq", "bil", "bip"])
+def test_envi_interleave_and_byte_order_round_trip(tmp_path, interleave, byteorder):
+    cube = distinct_cube("int16")
+    path = write_envi(tmp_path / "scene.hdr", cube, interleave, byteorder)
+    scene = load_scene(str(tmp_path), path)
+    assert scene.hsi.dtype == np.float32 and scene.hsi.shape == (9, 7, 5)
+    np.testing.assert_array_equal(scene.hsi, cube.astype(np.float32))
+    assert scene.missing is None and scene.gt is None and scene.bands == [1, 2, 3, 4, 5]
+    assert scene.raster.kind == "envi" and scene.raster.nodata is None
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+                                   "float32", "float64"])
+def test_every_real_envi_data_type_round_trips(tmp_path, dtype):
+    cube = distinct_cube(dtype)
+    write_envi(tmp_path / "scene.hdr", cube, "bil", 1, dtype)
+    scene = load_scene(str(tmp_path), "scene.hdr")  # a name in data_dir
+    np.testing.assert_array_equal(scene.hsi, cube.astype(np.float32))
+    assert scene.missing is None
+
+
+# 2. ENVI no-data and band selection ---------------------------------------------------------------------
+
+def ignore_value_scene(tmp_path):
+    """9 x 7 x 6 float32; -9999 in every band at (0, 0) and (4, 6), in band 2 only at (6, 3), in band 3 (bbl
+    bad) only at (2, 2); NaN in band 5 at (8, 1). bbl flags band 3 as bad."""
+    cube = distinct_cube("float32", (9, 7, 6))
+    cube[0, 0] = cube[4, 6] = -9999
+    cube[6, 3, 1] = cube[2, 2, 2] = -9999
+    cube[8, 1, 4] = np.nan
+    path = write_envi(tmp_path / "scene.hdr", cube, data_ignore_value=-9999, bbl=[1, 1, 0, 1, 1, 1])
+    return cube, path
+
+
+def test_envi_ignore_value_and_nan_in_any_used_band_mark_no_data(tmp_path):
+    cube, path = ignore_value_scene(tmp_path)
+    scene = load_scene(str(tmp_path), path)
+    missing = np.zeros((9, 7), bool)
+    missing[0, 0] = missing[4, 6] = missing[6, 3] = missing[8, 1] = True  # not (2, 2): band 3 is left out
+    np.testing.assert_array_equal(scene.missing, missing)
+    assert scene.bands == [1, 2, 4, 5, 6] and scene.raster.nodata == -9999
+    used = cube[:, :, [0, 1, 3, 4, 5]]
+    np.testing.assert_array_equal(scene.hsi[~missing], used[~missing])
+    np.testing.assert_array_equal(scene.hsi, expected_fill(used, missing))
+    distance = distance_transform_edt(missing)  # each fill comes from a nearest data pixel
+    for row, col in zip(*np.nonzero(missing)):
+        sources = np.argwhere((scene.hsi == scene.hsi[row, col]).all(axis=2) & ~missing)
+        assert np.hypot(*(sources - (row, col)).T).min() == distance[row, col]
+    assert scene.describe()["nodata_pixels"] == 4
+
+
+def test_keep_bad_bands_and_drop_bands(tmp_path):
+    cube, path = ignore_value_scene(tmp_path)
+    kept = load_scene(str(tmp_path), path, keep_bad_bands=True)
+    assert kept.bands == [1, 2, 3, 4, 5, 6] and kept.missing[2, 2] and kept.missing.sum() == 5
+    np.testing.assert_array_equal(kept.hsi[1::2], cube[1::2])
+    dropped = load_scene(str(tmp_path), path, drop_bands=(2, 6))
+    assert dropped.bands == [1, 4, 5] and not dropped.missing[6, 3] and dropped.missing.sum() == 3
+    np.testing.assert_array_equal(dropped.hsi[1::2], cube[1::2][:, :, [0, 3, 4]])
+
+
+# 3. GeoTIFF scenes ----------------------------------------------------------------------------------------
+
+def test_geotiff_cube_placing_and_nodata(tmp_path):
+    cube = distinct_cube("int16")
+    cube[2, 3] = -9999
+    cube[5, 1, 3] = -9999
+    path = write_tiff(tmp_path / "scene.tif", cube, nodata=-9999, crs=UTM33)
+    scene = load_scene(str(tmp_path), path, drop_bands=(2,))
+    missing = np.zeros((9, 7), bool)
+    missing[2, 3] = missing[5, 1] = True
+    np.testing.assert_array_equal(scene.missing, missing)
+    assert scene.bands == [1, 3, 4, 5]
+    used = cube[:, :, [0, 2, 3, 4]].astype(np.float32)
+    np.testing.assert_array_equal(scene.hsi, expected_fill(used, missing))
+    raster = scene.raster
+    assert raster.kind == "tiff" and raster.crs == UTM33 and raster.transform == TRANSFORM
+    assert raster.nodata == -9999
+
+
+def test_float_tiff_without_nodata_tag_nan_and_inf_are_no_data(tmp_path):
+    cube = distinct_cube("float32")
+    cube[1, 1] = np.nan
+    cube[7, 5, 2] = np.inf
+    cube[3, 0, 4] = np.nan
+    scene = load_scene(str(tmp_path), write_tiff(tmp_path / "scene.tif", cube))
+    assert scene.raster.nodata is None and scene.raster.crs is None
+    np.testing.assert_array_equal(np.argwhere(scene.missing), [[1, 1], [3, 0], [7, 5]])
+    assert np.isfinite(scene.hsi).all()
+    np.testing.assert_array_equal(scene.hsi[~scene.missing], cube[~scene.missing])
+
+
+# 4. Train and predict on raster scenes --------------------------------------------------------------------
+
+def raster_scene(tmp_path, kind):
+    """A 16 x 18 x 6 scene with a no-data border (top two rows, left column), and its map as a .tif.
+    ENVI: float32, data ignore value 0 (so maps use NaN); GeoTIFF: int16, nodata -9999."""
+    hsi, gt = tiny_scene(16, 18, 6)
+    gt[10, 12] = gt[13, 7] = 1
+    hsi[10, 12] = hsi[13, 7] = 100 * np.linspace(2, 1, 6)
+    missing = np.zeros(gt.shape, bool)
+    missing[:2] = missing[:, 0] = True
+    if kind == "envi":
+        hsi[missing] = 0
+        path = write_envi(tmp_path / "flight.hdr", hsi, "bip", data_ignore_value=0, map_info=MAP_INFO)
+    else:
+        hsi = np.round(hsi).astype(np.int16)
+        hsi[missing] = -9999
+        path = write_tiff(tmp_path / "flight.tif", hsi, nodata=-9999, crs=UTM33)
+    return path, write_tiff(tmp_path / "gt.tif", gt, transform=None), gt, missing
+
+
+def placing(path):
+    with rasterio.open(path) as source:
+        return source.crs, source.transform, source.nodata, source.read()
+
+
+@pytest.mark.parametrize("kind", ["envi", "tiff"])
+def test_train_and_predict_write_placed_maps_and_score_data_pixels_only(tmp_path, capsys, kind):
+    path, gt_path, gt, missing = raster_scene(tmp_path, kind)
+    flags = cli_flags(tmp_path, path, "--gt_file", gt_path)
+    assert main(["--command", "train", *flags]) == 0
+    assert main(["--command", "predict", *flags]) == 0
+    out = tmp_path / "r" / "flight" / "latest"
+    data_file = path[:-4] + ".img" if kind == "envi" else path
+    crs, transform, _, _ = placing(data_file)
+    assert crs == UTM33 and transform == TRANSFORM  # GDAL reads the ENVI map info too
+    map_crs, map_transform, nodata, values = placing(out / "detectmap.tif")
+    assert map_crs == crs and map_transform == transform and values.shape == (1, 16, 18)
+    detectmap = scipy.io.loadmat(out / "detectmap.mat")["detectmap"]
+    assert np.isnan(detectmap[missing]).all() and np.isfinite(detectmap[~missing]).all()
+    np.testing.assert_array_equal(values[0][~missing], detectmap[~missing])
+    if kind == "envi":  # ignore value 0 could be a score: NaN instead
+        assert np.isnan(nodata) and np.isnan(values[0][missing]).all()
+        envi_crs, envi_transform, _, envi_values = placing(out / "detectmap.img")
+        assert envi_crs == crs and envi_transform == transform
+        np.testing.assert_array_equal(envi_values, values)
+        assert os.path.isfile(out / "detectmap.hdr")
+    else:
+        assert nodata == -9999 and (values[0][missing] == -9999).all()
+    _, _, cube_nodata, reconstructed = placing(out / "reconstructed.tif")
+    assert reconstructed.shape == (6, 16, 18) and np.isfinite(reconstructed[:, ~missing]).all()
+    np.testing.assert_array_equal(np.isnan(nodata), np.isnan(cube_nodata))
+    assert (np.isnan(reconstructed[:, missing]) if kind == "envi" else reconstructed[:, missing] == -9999).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    auc = metrics["auc"]
+    assert auc == roc_auc_score(gt[~missing], detectmap[~missing])
+    assert metrics["scene"]["nodata_pixels"] == int(missing.sum()) == 50
+    assert metrics["scene"]["bands_used"] == [1, 2, 3, 4, 5, 6]
+    assert CRS.from_wkt(metrics["scene"]["raster"]["crs"]) == UTM33
+    # Anomalies marked at no-data pixels change nothing: they are not scored.
+    gt[0, :5] = gt[5, 0] = 1
+    flags[flags.index("--gt_file") + 1] = write_tiff(tmp_path / "gt2.tif", gt, transform=None)
+    assert main(["--command", "predict", *flags]) == 0
+    assert json.loads((out / "metrics.json").read_text())["auc"] == auc
+    assert "error" not in capsys.readouterr().err
+
+
+# 5. Bad input: one error line, exit status 2 -------------------------------------------------------------
+
+def break_nothing(path):
+    pass
+
+
+def break_samples(path):
+    edit_header(path, "samples = 7\n", "")
+
+
+def break_size(path):
+    edit_header(path, "samples = 7", "samples = 8")
+
+
+def break_data_file(path):
+    os.remove(path[:-4] + ".img")
+
+
+@pytest.mark.parametrize("breaking, extra, message", [
+    (break_samples, [], "samples"),
+    (break_size, [], "holds 1260 bytes"),
+    (break_data_file, [], "has no data file beside it"),
+    (break_nothing, ["--drop_bands", "3-5,9"], "--drop_bands names band 9, but"),
+], ids=["no-samples", "wrong-size", "no-data-file", "band-beyond"])
+def test_bad_envi_scenes_end_in_one_error_line(tmp_path, capsys, breaking, extra, message):
+    path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
+    breaking(path)
+    assert main(["--command", "train", *cli_flags(tmp_path, path, *extra)]) == 2
+    assert message in one_error_line(capsys)
+
+
+def test_complex_envi_scene_is_refused(tmp_path, capsys):
+    path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32").astype(np.complex64))
+    assert main(["--command", "train", *cli_flags(tmp_path, path)]) == 2
+    assert "only real-valued cubes" in one_error_line(capsys)
+
+
+def test_gt_file_of_another_shape_is_refused(tmp_path, capsys):
+    path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
+    gt_path = write_tiff(tmp_path / "gt.tif", np.zeros((7, 9), np.uint8), transform=None)
+    assert main(["--command", "train", *cli_flags(tmp_path, path, "--gt_file", gt_path)]) == 2
+    assert "is 7 x 9 pixels but the scene is 9 x 7" in one_error_line(capsys)
+
+
+def test_all_no_data_is_refused_and_mostly_no_data_noted(tmp_path, capsys):
+    cube = distinct_cube("float32")
+    cube[:, :, 1] = np.nan
+    path = write_envi(tmp_path / "scene.hdr", cube)
+    assert main(["--command", "train", *cli_flags(tmp_path, path)]) == 2
+    assert "every pixel of" in one_error_line(capsys)
+    cube = distinct_cube("float32")
+    cube[:5, :, 3] = -1  # 35 of 63 pixels
+    scene = load_scene(str(tmp_path), write_envi(tmp_path / "mostly.hdr", cube, data_ignore_value=-1))
+    assert scene.missing.sum() == 35
+    assert "mostly no-data: 35 of 63 pixels" in capsys.readouterr().out
+
+
+# 6. Blind spots never fall on no-data pixels --------------------------------------------------------------
+
+def no_data_pattern(height, width, seed=0):
+    missing = np.random.RandomState(seed).rand(height, width) < 0.3
+    missing[0, :3] = True  # at the border, where reflect padding mirrors it
+    return missing
+
+
+def test_sampler_centres_and_targets_are_data_pixels(tmp_path):
+    height, width, bands, patch = 8, 9, 2, 5
+    cube = np.arange(height * width * bands, dtype=np.float32).reshape(height, width, bands)
+    missing = no_data_pattern(height, width)
+    sampler = BlindSpotSampler(cube, patch, 3, 0.5, missing=missing)
+    data = np.flatnonzero(~missing)
+    assert sampler.num_patches == len(data)
+    targets, sources = (t.long().numpy() for t in sampler.draw_masks(torch.Generator().manual_seed(0)))
+    inputs, label, mask = (t.numpy() for t in sampler.batch(torch.arange(len(data)), torch.from_numpy(targets),
+                                                             torch.from_numpy(sources)))
+    pad = patch // 2
+    padded = np.pad(cube, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    padded_missing = np.pad(missing, pad, mode="reflect")
+    flat = lambda a: a.reshape(a.shape[0], a.shape[1], -1)  # noqa: E731  (N, B, p*p)
+    inputs, label, mask = flat(inputs), flat(label), flat(mask)[:, 0]
+    hidden = 0
+    for k, pixel in enumerate(data):
+        row, col = divmod(pixel, width)
+        np.testing.assert_array_equal(label[k], padded[row:row + patch, col:col + patch].reshape(-1, bands).T)
+        np.testing.assert_array_equal(label[k][:, pad * patch + pad], cube[row, col])  # the k-th data pixel
+        on_no_data = padded_missing[row:row + patch, col:col + patch].ravel()
+        expected_input, expected_mask = label[k].copy(), np.ones(patch * patch)
+        for target, source in zip(targets[k], sources[k]):
+            if not on_no_data[target]:
+                expected_input[:, target], expected_mask[target] = label[k][:, source], 0
+        np.testing.assert_array_equal(mask[k], expected_mask)
+        np.testing.assert_array_equal(inputs[k], expected_input)
+        assert not (on_no_data & (mask[k] == 0)).any() and mask[k][pad * patch + pad] == 0
+        hidden += int(on_no_data[targets[k]].sum())
+    assert hidden > 0  # some targets did fall on no-data pixels
+
+
+class Identity(torch.nn.Module):
+    """Returns what it is shown, and records it."""
+    receptive_field_radius = 3
+
+    def __init__(self):
+        super().__init__()
+        self.shown = []
+
+    def forward(self, x):
+        self.shown.append(x[0].permute(1, 2, 0).numpy().copy())
+        return x
+
+
+def filled_scene(height=10, width=11, bands=3, seed=1):
+    """A distinct-valued cube with no-data pixels filled as load_scene fills them, and its no-data mask."""
+    hsi = np.arange(height * width * bands, dtype=np.float32).reshape(height, width, bands)
+    missing = no_data_pattern(height, width, seed)
+    fill_missing(hsi, missing)
+    return hsi, missing
+
+
+def test_blindspot_scoring_never_hides_no_data_pixels():
+    hsi, missing = filled_scene()
+    net = Identity()
+    output = blindspot_reconstruct(net, hsi, "cpu", 3, 0.5, seed=4, missing=missing)
+    assert len(net.shown) == 2  # one pass per group
+    for shown in net.shown:
+        np.testing.assert_array_equal(shown[missing], hsi[missing])
+    _, source = blindspot_partition(10, 11, 3, 0.5, torch.Generator().manual_seed(4))
+    flat = hsi.reshape(-1, 3)
+    expected = np.where(missing.ravel()[:, None], flat, flat[source.numpy()])
+    np.testing.assert_array_equal(output.reshape(-1, 3), expected)
+
+
+def test_blindspot_scoring_never_shows_a_pixel_its_own_spectrum_through_a_fill():
+    """A no-data pixel filled with a data pixel's spectrum is no source for that pixel ('a pixel's result
+    never depends on its own spectrum', scoring.blindspot_reconstruct)."""
+    hsi, missing = filled_scene()
+    output = blindspot_reconstruct(Identity(), hsi, "cpu", 3, 0.5, seed=4, missing=missing)
+    shown_own = (output == hsi).all(axis=2) & ~missing
+    assert not shown_own.any(), f"scoring shows pixels {np.argwhere(shown_own).tolist()} their own spectrum"
+
+
+def test_training_never_shows_a_patch_centre_its_own_spectrum_through_a_fill():
+    hsi, missing = filled_scene()
+    sampler = BlindSpotSampler(hsi, 5, 3, 0.5, missing=missing)
+    targets, sources = sampler.draw_masks(torch.Generator().manual_seed(0))
+    inputs, label, _ = sampler.batch(torch.arange(sampler.num_patches), targets, sources)
+    shown_own = (inputs[:, :, 2, 2] == label[:, :, 2, 2]).all(dim=1).numpy()
+    assert not shown_own.any(), f"training shows {shown_own.sum()} patch centres their own spectrum"
+
+
+# 7. RX and the detection map over the data pixels ------------------------------------------------------
+
+def test_rx_and_detection_map_use_data_pixels_only():
+    hsi, _ = tiny_scene(12, 10, 4)
+    missing = no_data_pattern(12, 10, seed=2)
+    hsi[missing] = 1e6  # would dominate the statistics if they were used
+    scores = rx(hsi, missing)
+    assert np.isnan(scores[missing]).all()
+    np.testing.assert_array_equal(scores[~missing], rx(hsi[~missing].reshape(-1, 1, 4)).ravel())
+    reconstructed = hsi + np.random.RandomState(0).randn(*hsi.shape).astype(np.float32)
+    score_map = detection_map(hsi, reconstructed, missing)
+    error = ((hsi.astype(np.float64) - reconstructed) ** 2).mean(axis=2)[~missing]
+    assert np.isnan(score_map[missing]).all() and score_map.dtype == np.float32
+    np.testing.assert_allclose(score_map[~missing], (error - error.min()) / (error.max() - error.min()), rtol=1e-6)
+
+
+# 8. The packages are optional ----------------------------------------------------------------------------
+
+def run_without(packages, code, *args):
+    blocked = "".join(f"sys.modules[{name!r}] = None\n" for name in packages)
+    return subprocess.run([sys.executable, "-c", f"import sys\n{blocked}{code}", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_without_spy_an_envi_scene_names_the_requirements_file(tmp_path):
+    path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
+    code = "from dataset import load_scene\nfrom utils import UserError\ntry:\n    load_scene('.', sys.argv[1])\n" \
+           "except UserError as error:\n    print('UserError:', error)\n"
+    result = run_without(["spectral"], code, path)
+    assert result.returncode == 0 and result.stdout.startswith("UserError: "), result.stderr
+    assert "requirements-imagery.txt" in result.stdout
+
+
+def test_main_imports_without_spy_or_rasterio():
+    result = run_without(["spectral", "rasterio"], "import main\nprint('imported')")
+    assert result.returncode == 0 and result.stdout == "imported\n", result.stderr
+
+
+def test_the_requirements_file_named_in_the_messages_exists():
+    assert os.path.isfile(os.path.join(ROOT, "requirements-imagery.txt"))
