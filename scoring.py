@@ -7,7 +7,7 @@ scoring reconstructs each pixel the way training did: hidden behind a neighbour'
 import numpy as np
 import torch
 
-from dataset import window_offsets
+from dataset import fill_sources, window_offsets
 from model import reconstruct
 from utils import UserError
 
@@ -44,14 +44,17 @@ def reflect(index, size):
     return torch.where(index >= size, 2 * (size - 1) - index, index)
 
 
-def blindspot_partition(height, width, size_window, ratio, generator):
+def blindspot_partition(height, width, size_window, ratio, generator, shows=None):
     """One random partition of the H*W pixels into groups, and a source pixel for every pixel.
 
     Returns (group, source), each H*W int64 in row-major pixel order. Pixels go to `group_count(ratio)`
     groups of equal size (within one) by a random permutation. A pixel's source is the pixel at a random
     offset of the training window (never (0, 0)), reflected at the scene's borders as the padded training
     patches are; a source inside the pixel's own group is redrawn, so that a group's pass shows none
-    of the group's own spectra, neither in place nor copied to a neighbour.
+    of the group's own spectra, neither in place nor copied to a neighbour. `shows` (H*W int64, from
+    fill_sources) names the pixel whose spectrum each pixel holds: a filled no-data pixel counts as
+    the pixel it copies. A pixel with no such source in its window (one amid its own fill copies) takes
+    one from anywhere in the scene.
     """
     pixels = height * width
     groups = group_count(ratio)
@@ -61,15 +64,19 @@ def blindspot_partition(height, width, size_window, ratio, generator):
     if offsets.abs().max() >= min(height, width):
         raise UserError(f"--size_window {size_window} is too large for a {height} x {width} scene: "
                         f"use at most {2 * min(height, width) - 1}")
+    shown_group = group if shows is None else group[shows]
     row, col = torch.arange(pixels).div(width, rounding_mode="floor"), torch.arange(pixels) % width
     source = torch.empty(pixels, dtype=torch.long)
     pending = torch.arange(pixels)
-    for _ in range(MAX_REDRAWS):
-        slot = torch.randint(0, len(offsets), (len(pending),), generator=generator)
-        drawn = (reflect(row[pending] + offsets[slot, 0], height) * width
-                 + reflect(col[pending] + offsets[slot, 1], width))
+    for attempt in range(2 * MAX_REDRAWS):
+        if attempt < MAX_REDRAWS:
+            slot = torch.randint(0, len(offsets), (len(pending),), generator=generator)
+            drawn = (reflect(row[pending] + offsets[slot, 0], height) * width
+                     + reflect(col[pending] + offsets[slot, 1], width))
+        else:  # no usable neighbour (a data pixel amid its own no-data copies): any pixel of another group
+            drawn = torch.randint(0, pixels, (len(pending),), generator=generator)
         source[pending] = drawn
-        pending = pending[group[drawn] == group[pending]]
+        pending = pending[shown_group[drawn] == group[pending]]
         if len(pending) == 0:
             return group, source
     raise UserError(f"blind-spot scoring found no source outside its group for {len(pending)} pixels: "
@@ -83,7 +90,8 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
     For every group of a partition, one pass of the whole scene (or tile by tile) in which each pixel of
     the group shows its source's spectrum; the reconstruction is kept at the group's pixels only. A
     pixel's result so never depends on its own spectrum. Seeded by `seed`: deterministic on one device.
-    No-data pixels (`missing`, H x W bool) are never hidden: they keep their fill as context.
+    No-data pixels (`missing`, H x W bool) are never hidden; they show, as context, what the pixel whose
+    spectrum fills them shows in the pass (fill_sources), so a hidden pixel's copies are hidden too.
     """
     height, width, bands = hsi.shape
     generator = torch.Generator().manual_seed(seed)
@@ -91,14 +99,21 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
     flat_scene, flat_shown = hsi.reshape(-1, bands), shown.reshape(-1, bands)
     total = np.zeros(hsi.shape, np.float32) if repeats > 1 else None
     output = np.empty(hsi.shape, np.float32)
+    shows = None if missing is None else fill_sources(missing).ravel()
+    fills = None if missing is None else np.flatnonzero(missing)
     for _ in range(repeats):
-        group, source = blindspot_partition(height, width, size_window, ratio, generator)
+        group, source = blindspot_partition(height, width, size_window, ratio, generator,
+                                            None if shows is None else torch.from_numpy(shows))
         for g in range(group_count(ratio)):
             keep = (group == g).numpy()
             members = np.flatnonzero(keep if missing is None else keep & ~missing.ravel())
             flat_shown[members] = flat_scene[source[members].numpy()]
+            if fills is not None:  # copies follow their pixel
+                flat_shown[fills] = flat_shown[shows[fills]]
             reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=output)
             flat_shown[members] = flat_scene[members]
+            if fills is not None:
+                flat_shown[fills] = flat_scene[fills]
         if total is not None:
             total += output
     return output if total is None else total / np.float32(repeats)

@@ -18,7 +18,7 @@ from rasterio.crs import CRS  # noqa: E402
 from rasterio.transform import Affine  # noqa: E402
 
 from conftest import ROOT, tiny_scene  # noqa: E402
-from dataset import BlindSpotSampler, fill_missing, load_scene  # noqa: E402
+from dataset import BlindSpotSampler, fill_missing, fill_sources, load_scene  # noqa: E402
 from evaluation import detection_map, rx  # noqa: E402
 from main import main  # noqa: E402
 from scoring import blindspot_partition, blindspot_reconstruct  # noqa: E402
@@ -126,6 +126,7 @@ def ignore_value_scene(tmp_path):
 
 
 def test_envi_ignore_value_and_nan_in_any_used_band_mark_no_data(tmp_path):
+    """No-data in any band used marks the pixel; it is filled with its nearest data pixel's spectrum."""
     cube, path = ignore_value_scene(tmp_path)
     scene = load_scene(str(tmp_path), path)
     missing = np.zeros((9, 7), bool)
@@ -187,7 +188,7 @@ def test_float_tiff_without_nodata_tag_nan_and_inf_are_no_data(tmp_path):
 
 def raster_scene(tmp_path, kind):
     """A 16 x 18 x 6 scene with a no-data border (top two rows, left column), and its map as a .tif.
-    ENVI: float32, data ignore value 0 (so maps use NaN); GeoTIFF: int16, nodata -9999."""
+    ENVI: float32, data ignore value 0 (so maps use NaN), band 6 bad in its bbl; GeoTIFF: int16, nodata -9999."""
     hsi, gt = tiny_scene(16, 18, 6)
     gt[10, 12] = gt[13, 7] = 1
     hsi[10, 12] = hsi[13, 7] = 100 * np.linspace(2, 1, 6)
@@ -195,7 +196,8 @@ def raster_scene(tmp_path, kind):
     missing[:2] = missing[:, 0] = True
     if kind == "envi":
         hsi[missing] = 0
-        path = write_envi(tmp_path / "flight.hdr", hsi, "bip", data_ignore_value=0, map_info=MAP_INFO)
+        path = write_envi(tmp_path / "flight.hdr", hsi, "bip", data_ignore_value=0, map_info=MAP_INFO,
+                          bbl=[1, 1, 1, 1, 1, 0])
     else:
         hsi = np.round(hsi).astype(np.int16)
         hsi[missing] = -9999
@@ -208,13 +210,21 @@ def placing(path):
         return source.crs, source.transform, source.nodata, source.read()
 
 
-@pytest.mark.parametrize("kind", ["envi", "tiff"])
-def test_train_and_predict_write_placed_maps_and_score_data_pixels_only(tmp_path, capsys, kind):
+@pytest.mark.parametrize("kind, extra, bands, suffix", [
+    ("envi", ["--keep_bad_bands"], [1, 2, 3, 4, 5, 6], "_allbands"),
+    ("tiff", ["--drop_bands", "2-3,5"], [1, 4, 6], "_drop2-3+5"),
+])
+def test_train_and_predict_write_placed_maps_and_score_data_pixels_only(tmp_path, capsys, kind, extra, bands,
+                                                                       suffix):
+    """Maps placed like the input, NaN / nodata at no-data pixels, the AUC over the data pixels only."""
     path, gt_path, gt, missing = raster_scene(tmp_path, kind)
-    flags = cli_flags(tmp_path, path, "--gt_file", gt_path)
+    flags = cli_flags(tmp_path, path, "--gt_file", gt_path, *extra)
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
+    (run,) = os.listdir(tmp_path / "c" / "flight")
+    assert run.endswith(suffix) and os.path.isfile(tmp_path / "c" / "flight" / run / "epoch_0001.pt")
     out = tmp_path / "r" / "flight" / "latest"
+    assert os.path.realpath(out) == str(tmp_path / "r" / "flight" / run / "epoch_0001")
     data_file = path[:-4] + ".img" if kind == "envi" else path
     crs, transform, _, _ = placing(data_file)
     assert crs == UTM33 and transform == TRANSFORM  # GDAL reads the ENVI map info too
@@ -232,14 +242,14 @@ def test_train_and_predict_write_placed_maps_and_score_data_pixels_only(tmp_path
     else:
         assert nodata == -9999 and (values[0][missing] == -9999).all()
     _, _, cube_nodata, reconstructed = placing(out / "reconstructed.tif")
-    assert reconstructed.shape == (6, 16, 18) and np.isfinite(reconstructed[:, ~missing]).all()
+    assert reconstructed.shape == (len(bands), 16, 18) and np.isfinite(reconstructed[:, ~missing]).all()
     np.testing.assert_array_equal(np.isnan(nodata), np.isnan(cube_nodata))
     assert (np.isnan(reconstructed[:, missing]) if kind == "envi" else reconstructed[:, missing] == -9999).all()
     metrics = json.loads((out / "metrics.json").read_text())
     auc = metrics["auc"]
     assert auc == roc_auc_score(gt[~missing], detectmap[~missing])
     assert metrics["scene"]["nodata_pixels"] == int(missing.sum()) == 50
-    assert metrics["scene"]["bands_used"] == [1, 2, 3, 4, 5, 6]
+    assert metrics["scene"]["bands_used"] == bands
     assert CRS.from_wkt(metrics["scene"]["raster"]["crs"]) == UTM33
     # Anomalies marked at no-data pixels change nothing: they are not scored.
     gt[0, :5] = gt[5, 0] = 1
@@ -251,29 +261,17 @@ def test_train_and_predict_write_placed_maps_and_score_data_pixels_only(tmp_path
 
 # 5. Bad input: one error line, exit status 2 -------------------------------------------------------------
 
-def break_nothing(path):
-    pass
+BREAKING = {  # how to spoil a good 9 x 7 x 5 float32 scene, extra flags, the error's words
+    "no-samples": (lambda path: edit_header(path, "samples = 7\n", ""), [], "samples"),
+    "wrong-size": (lambda path: edit_header(path, "samples = 7", "samples = 8"), [], "holds 1260 bytes"),
+    "no-data-file": (lambda path: os.remove(path[:-4] + ".img"), [], "has no data file beside it"),
+    "band-beyond": (lambda path: None, ["--drop_bands", "3-5,9"], "--drop_bands names band 9, but"),
+}
 
 
-def break_samples(path):
-    edit_header(path, "samples = 7\n", "")
-
-
-def break_size(path):
-    edit_header(path, "samples = 7", "samples = 8")
-
-
-def break_data_file(path):
-    os.remove(path[:-4] + ".img")
-
-
-@pytest.mark.parametrize("breaking, extra, message", [
-    (break_samples, [], "samples"),
-    (break_size, [], "holds 1260 bytes"),
-    (break_data_file, [], "has no data file beside it"),
-    (break_nothing, ["--drop_bands", "3-5,9"], "--drop_bands names band 9, but"),
-], ids=["no-samples", "wrong-size", "no-data-file", "band-beyond"])
-def test_bad_envi_scenes_end_in_one_error_line(tmp_path, capsys, breaking, extra, message):
+@pytest.mark.parametrize("case", BREAKING)
+def test_bad_envi_scenes_end_in_one_error_line(tmp_path, capsys, case):
+    breaking, extra, message = BREAKING[case]
     path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
     breaking(path)
     assert main(["--command", "train", *cli_flags(tmp_path, path, *extra)]) == 2
@@ -314,10 +312,15 @@ def no_data_pattern(height, width, seed=0):
     return missing
 
 
-def test_sampler_centres_and_targets_are_data_pixels(tmp_path):
+def test_sampler_centres_and_targets_are_data_pixels():
+    """Patch k is centred on the k-th data pixel. A target on a no-data pixel, or whose source is a fill
+    copy of the target itself, keeps its value and mask 1; every other target shows its source's
+    spectrum; a no-data position filled with the spectrum of a blind spot of the patch shows what the
+    blind spot shows."""
     height, width, bands, patch = 8, 9, 2, 5
     cube = np.arange(height * width * bands, dtype=np.float32).reshape(height, width, bands)
     missing = no_data_pattern(height, width)
+    fill_missing(cube, missing)
     sampler = BlindSpotSampler(cube, patch, 3, 0.5, missing=missing)
     data = np.flatnonzero(~missing)
     assert sampler.num_patches == len(data)
@@ -327,23 +330,33 @@ def test_sampler_centres_and_targets_are_data_pixels(tmp_path):
     pad = patch // 2
     padded = np.pad(cube, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     padded_missing = np.pad(missing, pad, mode="reflect")
+    padded_shows = np.pad(fill_sources(missing), pad, mode="reflect")
     flat = lambda a: a.reshape(a.shape[0], a.shape[1], -1)  # noqa: E731  (N, B, p*p)
     inputs, label, mask = flat(inputs), flat(label), flat(mask)[:, 0]
-    hidden = 0
+    on_no_data_targets = own_copies = followed = 0
     for k, pixel in enumerate(data):
         row, col = divmod(pixel, width)
         np.testing.assert_array_equal(label[k], padded[row:row + patch, col:col + patch].reshape(-1, bands).T)
         np.testing.assert_array_equal(label[k][:, pad * patch + pad], cube[row, col])  # the k-th data pixel
         on_no_data = padded_missing[row:row + patch, col:col + patch].ravel()
+        shows = padded_shows[row:row + patch, col:col + patch].ravel()
         expected_input, expected_mask = label[k].copy(), np.ones(patch * patch)
         for target, source in zip(targets[k], sources[k]):
-            if not on_no_data[target]:
+            own_copy = on_no_data[source] and shows[source] == shows[target]
+            if not on_no_data[target] and not own_copy:
                 expected_input[:, target], expected_mask[target] = label[k][:, source], 0
+            on_no_data_targets += int(on_no_data[target])
+            own_copies += int(own_copy and not on_no_data[target])
+        blind = [(target, source) for target, source in zip(targets[k], sources[k]) if expected_mask[target] == 0]
+        for position in np.flatnonzero(on_no_data):  # a copy of a blind spot shows what the blind spot shows
+            copied = [source for target, source in blind if shows[target] == shows[position]]
+            if copied:
+                expected_input[:, position] = label[k][:, copied[0]]
+                followed += 1
         np.testing.assert_array_equal(mask[k], expected_mask)
         np.testing.assert_array_equal(inputs[k], expected_input)
-        assert not (on_no_data & (mask[k] == 0)).any() and mask[k][pad * patch + pad] == 0
-        hidden += int(on_no_data[targets[k]].sum())
-    assert hidden > 0  # some targets did fall on no-data pixels
+        assert not (on_no_data & (mask[k] == 0)).any()
+    assert on_no_data_targets and own_copies and followed  # every case did occur
 
 
 class Identity(torch.nn.Module):
@@ -367,40 +380,68 @@ def filled_scene(height=10, width=11, bands=3, seed=1):
     return hsi, missing
 
 
-def test_blindspot_scoring_never_hides_no_data_pixels():
+def test_blindspot_scoring_hides_fill_copies_with_their_pixel():
+    """No-data pixels are never hidden themselves; in every pass each shows what the pixel it copies shows.
+    With the identity net a data pixel's result is its source's spectrum."""
     hsi, missing = filled_scene()
+    shows = fill_sources(missing).ravel()
     net = Identity()
     output = blindspot_reconstruct(net, hsi, "cpu", 3, 0.5, seed=4, missing=missing)
     assert len(net.shown) == 2  # one pass per group
+    no_data = missing.ravel()
     for shown in net.shown:
-        np.testing.assert_array_equal(shown[missing], hsi[missing])
-    _, source = blindspot_partition(10, 11, 3, 0.5, torch.Generator().manual_seed(4))
-    flat = hsi.reshape(-1, 3)
-    expected = np.where(missing.ravel()[:, None], flat, flat[source.numpy()])
-    np.testing.assert_array_equal(output.reshape(-1, 3), expected)
+        flat = shown.reshape(-1, 3)
+        np.testing.assert_array_equal(flat[no_data], flat[shows[no_data]])
+    _, source = blindspot_partition(10, 11, 3, 0.5, torch.Generator().manual_seed(4), torch.from_numpy(shows))
+    expected = hsi.reshape(-1, 3)[source.numpy()]
+    np.testing.assert_array_equal(output.reshape(-1, 3)[~no_data], expected[~no_data])
 
 
-def test_blindspot_scoring_never_shows_a_pixel_its_own_spectrum_through_a_fill():
-    """A no-data pixel filled with a data pixel's spectrum is no source for that pixel ('a pixel's result
-    never depends on its own spectrum', scoring.blindspot_reconstruct)."""
+def test_blindspot_scoring_never_shows_a_pixel_its_own_spectrum():
+    """In the pass that scores a pixel, its spectrum is nowhere in the scene shown: not in its place, not in
+    a fill copy ('a pixel's result never depends on its own spectrum', scoring.blindspot_reconstruct)."""
     hsi, missing = filled_scene()
-    output = blindspot_reconstruct(Identity(), hsi, "cpu", 3, 0.5, seed=4, missing=missing)
+    net = Identity()
+    output = blindspot_reconstruct(net, hsi, "cpu", 3, 0.5, seed=4, missing=missing)
     shown_own = (output == hsi).all(axis=2) & ~missing
     assert not shown_own.any(), f"scoring shows pixels {np.argwhere(shown_own).tolist()} their own spectrum"
+    for shown in net.shown:
+        hidden = ~(shown == hsi).all(axis=2) & ~missing  # the pass's hidden data pixels
+        for row, col in zip(*np.nonzero(hidden)):
+            assert not (shown == hsi[row, col]).all(axis=2).any()
 
 
-def test_training_never_shows_a_patch_centre_its_own_spectrum_through_a_fill():
-    hsi, missing = filled_scene()
+def test_training_never_shows_a_target_its_own_spectrum():
+    """In a patch away from the scene's border (where reflect mirrors show pixels twice, as in the official
+    patches), no blind spot (mask 0) shows its own spectrum, in its place or in a no-data copy of itself;
+    and most patch centres stay blind spots."""
+    hsi, missing = filled_scene(14, 15)
     sampler = BlindSpotSampler(hsi, 5, 3, 0.5, missing=missing)
     targets, sources = sampler.draw_masks(torch.Generator().manual_seed(0))
-    inputs, label, _ = sampler.batch(torch.arange(sampler.num_patches), targets, sources)
-    shown_own = (inputs[:, :, 2, 2] == label[:, :, 2, 2]).all(dim=1).numpy()
-    assert not shown_own.any(), f"training shows {shown_own.sum()} patch centres their own spectrum"
+    inputs, label, mask = (t.flatten(2).numpy() for t in sampler.batch(torch.arange(sampler.num_patches),
+                                                                         targets, sources))
+    shows = fill_sources(missing)
+    copies_seen = interior = 0
+    for k, pixel in enumerate(np.flatnonzero(~missing)):
+        row, col = divmod(pixel, missing.shape[1])
+        if not (2 <= row < missing.shape[0] - 2 and 2 <= col < missing.shape[1] - 2):
+            continue
+        interior += 1
+        on_no_data = missing[row - 2:row + 3, col - 2:col + 3].ravel()
+        patch_shows = shows[row - 2:row + 3, col - 2:col + 3].ravel()
+        for target in np.flatnonzero(mask[k, 0] == 0):
+            own = label[k][:, target]
+            copies = on_no_data & (patch_shows == patch_shows[target])
+            assert not (inputs[k][:, target] == own).all()
+            assert not (inputs[k][:, copies] == own[:, None]).all(axis=0).any()
+            copies_seen += int(copies.sum())
+    assert interior > 30 and copies_seen > 0 and (mask[:, 0, 12] == 0).mean() > 0.8
 
 
 # 7. RX and the detection map over the data pixels ------------------------------------------------------
 
 def test_rx_and_detection_map_use_data_pixels_only():
+    """RX with no-data pixels is RX of the data pixels alone, NaN elsewhere; the map is scaled over them."""
     hsi, _ = tiny_scene(12, 10, 4)
     missing = no_data_pattern(12, 10, seed=2)
     hsi[missing] = 1e6  # would dominate the statistics if they were used
@@ -422,16 +463,20 @@ def run_without(packages, code, *args):
                           capture_output=True, text=True, timeout=60)
 
 
-def test_without_spy_an_envi_scene_names_the_requirements_file(tmp_path):
-    path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
+@pytest.mark.parametrize("absent, name", [(["spectral"], "scene.hdr"), (["rasterio"], "scene.hdr"),
+                                           (["rasterio"], "scene.tif")])
+def test_without_a_package_a_raster_scene_names_the_requirements_file(tmp_path, absent, name):
+    write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
+    write_tiff(tmp_path / "scene.tif", distinct_cube("float32"))
     code = "from dataset import load_scene\nfrom utils import UserError\ntry:\n    load_scene('.', sys.argv[1])\n" \
            "except UserError as error:\n    print('UserError:', error)\n"
-    result = run_without(["spectral"], code, path)
-    assert result.returncode == 0 and result.stdout.startswith("UserError: "), result.stderr
+    result = run_without(absent, code, str(tmp_path / name))
+    assert result.returncode == 0 and result.stdout.startswith("UserError: "), result.stdout + result.stderr
     assert "requirements-imagery.txt" in result.stdout
 
 
 def test_main_imports_without_spy_or_rasterio():
+    """.mat users are not made to install either package."""
     result = run_without(["spectral", "rasterio"], "import main\nprint('imported')")
     assert result.returncode == 0 and result.stdout == "imported\n", result.stderr
 
