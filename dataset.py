@@ -148,10 +148,12 @@ def scene_name(dataset):
 
 def scene_path(data_dir, dataset):
     """The file `--dataset` names: a path to a .mat, .hdr, .tif or .tiff file, or a name in --data_dir
-    (with its suffix, or without it for a .mat file)."""
+    (with its suffix, or without it for a .mat file); a file name with its suffix is also looked for in
+    the current folder."""
     suffixed = dataset.lower().endswith(SCENE_SUFFIXES)
-    candidates = [dataset] if suffixed and os.path.dirname(dataset) else []
-    candidates += [os.path.join(data_dir, dataset + ("" if suffixed else ".mat"))]
+    in_data_dir = os.path.join(data_dir, dataset + ("" if suffixed else ".mat"))
+    candidates = [in_data_dir] if not suffixed else \
+        [dataset, in_data_dir] if os.path.dirname(dataset) else [in_data_dir, dataset]
     if not suffixed and os.path.isfile(dataset) and os.path.splitext(dataset)[1]:
         raise UserError(f"{dataset}: scenes are .mat, .hdr (ENVI: pass the header, not its data file), .tif or "
                         ".tiff files")
@@ -166,7 +168,7 @@ def scene_path(data_dir, dataset):
     if found:
         raise UserError(f"scene {dataset} is not a .mat file in {data_dir}, but {found[0]} is: pass "
                         f"--dataset {found[0]}")
-    raise UserError(f"scene file {candidates[-1]} not found: put {os.path.basename(candidates[-1])} in {data_dir} "
+    raise UserError(f"scene file {in_data_dir} not found: put {os.path.basename(in_data_dir)} in {data_dir} "
                     "(or pass --data_dir, or a path to a .mat, .hdr or .tif file as --dataset), or use "
                     "--dataset synthetic")
 

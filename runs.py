@@ -96,8 +96,13 @@ def run_lock(run_dir):
 
     An advisory lock (flock) on `run_dir/.lock`, released by the system if the process dies; the file
     holds the owner's process id and is removed on release. Creating it also proves the folder writable
-    before any time is spent on training. Without fcntl (Windows) there is no lock.
+    before any time is spent on training. Folders it created are removed again if they stay empty (a run
+    refused for bad input). Without fcntl (Windows) there is no lock.
     """
+    created, folder = [], os.path.abspath(run_dir)
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        created.append(folder)  # deepest first
+        folder = os.path.dirname(folder)
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK_NAME)
     handle = open(path, "a+")
@@ -119,5 +124,8 @@ def run_lock(run_dir):
             yield
         finally:
             os.remove(path)  # while still locked, so no one else holds a lock on this file
+            for folder in created:  # a run that failed before writing anything leaves no folder
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
     finally:
         handle.close()

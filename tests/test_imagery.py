@@ -276,6 +276,20 @@ def test_bad_envi_scenes_end_in_one_error_line(tmp_path, capsys, case):
     breaking(path)
     assert main(["--command", "train", *cli_flags(tmp_path, path, *extra)]) == 2
     assert message in one_error_line(capsys)
+    assert not (tmp_path / "c").exists()  # a refused run leaves no empty run folder behind
+
+
+def test_a_file_name_is_found_in_data_dir_or_in_the_current_folder(tmp_path, monkeypatch):
+    """`--dataset scene.hdr` is looked for in --data_dir, then in the current folder; runs are named by
+    the file's stem either way."""
+    here, data_dir = tmp_path / "here", tmp_path / "data"
+    here.mkdir(), data_dir.mkdir()
+    cube = distinct_cube("int16")
+    write_envi(here / "scene.hdr", cube)
+    monkeypatch.chdir(here)
+    np.testing.assert_array_equal(load_scene(str(data_dir), "scene.hdr").hsi, cube)
+    write_envi(data_dir / "scene.hdr", cube + 1)
+    np.testing.assert_array_equal(load_scene(str(data_dir), "scene.hdr").hsi, cube + 1)
 
 
 def test_complex_envi_scene_is_refused(tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_ctrl_c_before_the_first_epoch_leaves_nothing(scene_dir, monkeypatch):
     config = config_for(scene_dir, "--epochs", "2")
     with pytest.raises(Interrupted, match="nothing saved"):
         train(config)
-    assert not os.listdir(run_directory(config))
+    assert not os.path.exists(run_directory(config))  # not even the empty folder
     monkeypatch.undo()
     assert len(train(config)) == 2  # the same command works again, no --overwrite needed
 
