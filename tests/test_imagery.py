@@ -22,6 +22,7 @@ from dataset import BlindSpotSampler, fill_missing, fill_sources, load_scene  # 
 from evaluation import detection_map, rx  # noqa: E402
 from main import main  # noqa: E402
 from scoring import blindspot_partition, blindspot_reconstruct  # noqa: E402
+from utils import UserError  # noqa: E402
 
 UTM33 = CRS.from_epsg(32633)
 TRANSFORM = Affine(30.0, 0.0, 500000.0, 0.0, -30.0, 4600000.0)  # 30 m pixels from (500000, 4600000)
@@ -296,6 +297,22 @@ def test_complex_envi_scene_is_refused(tmp_path, capsys):
     path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32").astype(np.complex64))
     assert main(["--command", "train", *cli_flags(tmp_path, path)]) == 2
     assert "only real-valued cubes" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("suffix", [".hdr", ".tif"])
+def test_gt_file_as_envi_or_tiff(tmp_path, suffix):
+    """A ground truth of its own, 0/1 or 0/255, in an ENVI or TIFF file; other values are refused."""
+    gt = np.zeros((9, 7), np.uint8)
+    gt[2, 3] = gt[6, 1] = 1
+    scene_path = write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
+    for values, name in ((gt, "gt"), (gt * 255, "gt255")):
+        path = tmp_path / (name + suffix)
+        path = write_envi(path, values[:, :, None]) if suffix == ".hdr" else write_tiff(path, values, transform=None)
+        np.testing.assert_array_equal(load_scene(str(tmp_path), scene_path, gt_file=path).gt, gt)
+    path = tmp_path / ("gt3" + suffix)
+    path = write_envi(path, 3 * gt[:, :, None]) if suffix == ".hdr" else write_tiff(path, 3 * gt, transform=None)
+    with pytest.raises(UserError, match="values other than 0 and 1"):
+        load_scene(str(tmp_path), scene_path, gt_file=path)
 
 
 def test_gt_file_of_another_shape_is_refused(tmp_path, capsys):
