@@ -46,8 +46,9 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop
     """The Scene `dataset` names, printing notes on guesses.
 
     `dataset` is `synthetic`, a name in `data_dir` or a path, of a .mat file (matfile.read_mat_scene), an
-    ENVI header or a (Geo)TIFF (imagery.read_raster_scene). `gt_file` is a ground-truth map in a file of
-    its own (.mat, ENVI or TIFF), used instead of one inside the scene's file. `drop_bands` are 1-based
+    ENVI header or a (Geo)TIFF (imagery.read_raster_scene). `gt_file` (a path, or a name in `data_dir`)
+    is a ground-truth map in a file of its own (.mat, ENVI or TIFF), used instead of one inside the
+    scene's file. `drop_bands` are 1-based
     band numbers left out; an ENVI file's bbl bad bands are left out too unless `keep_bad_bands`.
     """
     if dataset == SYNTHETIC:
@@ -70,7 +71,8 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop
     if gt_file is not None:
         if scene.gt is not None:
             print(f"note: using the ground truth in {gt_file}, not the map inside {scene.path}")
-        scene.gt = read_map_file(gt_file, scene.hsi.shape[:2], gt_key)
+        found = gt_file if os.path.isfile(gt_file) else os.path.join(data_dir, gt_file)
+        scene.gt = read_map_file(found, scene.hsi.shape[:2], gt_key)
     return scene
 
 
@@ -129,7 +131,8 @@ def fill_missing(hsi, missing):
 def read_map_file(path, shape, gt_key=None):
     """A 0/1 ground-truth map of an H x W scene from a file of its own: .mat, ENVI .hdr or TIFF."""
     if not os.path.isfile(path):
-        raise UserError(f"ground-truth file {path} not found: pass the path to a .mat, .hdr or .tif map")
+        raise UserError(f"ground-truth file {path} not found: pass the path to a .mat, .hdr or .tif map, or its "
+                        "name in --data_dir")
     if path.lower().endswith(".mat"):
         return read_mat_map(path, gt_key, shape)
     if not path.lower().endswith(RASTER_SUFFIXES):

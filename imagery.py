@@ -111,15 +111,18 @@ def _read_envi(path, drop_bands, keep_bad_bands):
               "(--keep_bad_bands keeps them)")
     bands = select_bands(total, drop_bands, bad_bands, path)
     nodata = _number(path, "data ignore value", metadata.get("data ignore value"))
-    cube = image.open_memmap(interleave="bip")  # H x W x B view of the file, whatever its interleave
-    try:
-        hsi, missing = _read_blocks(lambda top, rows: cube[top:top + rows][:, :, np.asarray(bands) - 1],
-                                    height, width, bands, np.dtype(image.dtype).itemsize * total, nodata, path)
-    finally:
-        del cube  # unmaps the file: its pages no longer count against this process
+    hsi, missing = _read_envi_cube(image, bands, nodata, path)
     geo = {key: metadata[key] for key in ENVI_GEO_FIELDS if key in metadata}
     crs, transform = _envi_placing(image.filename)
     return hsi, missing, bands, Raster("envi", crs, transform, nodata, geo)
+
+
+def _read_envi_cube(image, bands, nodata, path):
+    """(hsi, missing) of an opened ENVI image, read from a memory map unmapped on return."""
+    cube = image.open_memmap(interleave="bip")  # H x W x B view of the file, whatever its interleave
+    columns = np.asarray(bands) - 1
+    return _read_blocks(lambda top, rows: cube[top:top + rows][:, :, columns], image.nrows, image.ncols, bands,
+                        np.dtype(image.dtype).itemsize * image.nbands, nodata, path)
 
 
 def _envi_placing(data_file):

@@ -101,14 +101,15 @@ def write_result_files(config, out_dir, method, score_map, scene, arrays, info):
     if metrics["auc_note"] is None:
         metrics["metrics_3d"] = metrics_3d(gt, scores)
         metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
-    title = f"{scene_name(config.dataset)}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
+    name = scene_name(config.dataset)
+    title = f"{name}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
     plot_detection_map(os.path.join(out_dir, "detectmap.png"), score_map, scene.gt, title)
     if metrics["auc"] is not None:
         curves = {method: (gt, scores)}
-        plot_roc(os.path.join(out_dir, "roc.png"), curves, log_pf=config.roc_log, title=f"{config.dataset}: ROC")
-        plot_roc_3d(os.path.join(out_dir, "roc3d.png"), curves, title=f"{config.dataset}: 3D ROC")
+        plot_roc(os.path.join(out_dir, "roc.png"), curves, log_pf=config.roc_log, title=f"{name}: ROC")
+        plot_roc_3d(os.path.join(out_dir, "roc3d.png"), curves, title=f"{name}: 3D ROC")
         plot_separation(os.path.join(out_dir, "separation.png"), {method: scores}, gt,
-                        title=f"{config.dataset}: score separation")
+                        title=f"{name}: score separation")
     return metrics
 
 

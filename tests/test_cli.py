@@ -160,8 +160,9 @@ def test_non_square_hydice_trains_and_predicts(tmp_path):
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
     metrics = json.loads((tmp_path / "r" / "HYDICE-II" / "latest" / "metrics.json").read_text())
-    assert metrics["scene"] == dict(path=os.path.join(os.path.abspath(SHARED_DATA), "HYDICE-II.mat"), height=80, width=60,
-                                    bands=162, bands_used=list(range(1, 163)), anomaly_pixels=10, nodata_pixels=0)
+    assert metrics["scene"] == dict(path=os.path.join(os.path.abspath(SHARED_DATA), "HYDICE-II.mat"), height=80,
+                                    width=60, bands=162, bands_used=list(range(1, 163)), anomaly_pixels=10,
+                                    nodata_pixels=0)
     assert 0 <= metrics["auc"] <= 1
     assert scipy.io.loadmat(tmp_path / "r" / "HYDICE-II" / "latest" / "detectmap.mat")["detectmap"].shape == (80, 60)
 

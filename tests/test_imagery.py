@@ -313,6 +313,8 @@ def test_gt_file_as_envi_or_tiff(tmp_path, suffix):
     path = write_envi(path, 3 * gt[:, :, None]) if suffix == ".hdr" else write_tiff(path, 3 * gt, transform=None)
     with pytest.raises(UserError, match="values other than 0 and 1"):
         load_scene(str(tmp_path), scene_path, gt_file=path)
+    by_name = load_scene(str(tmp_path), scene_path, gt_file="gt" + suffix)  # a name in --data_dir
+    np.testing.assert_array_equal(by_name.gt, gt)
 
 
 def test_gt_file_of_another_shape_is_refused(tmp_path, capsys):
