@@ -13,7 +13,7 @@ import scipy.io
 import torch
 
 from conftest import FIXTURES, ROOT, cli_flags, tiny_scene
-from dataset import BlindSpotSampler
+from dataset import BlindSpotSampler, fill_missing
 from main import build_parser, main
 from model import BS3LNet, init_weights, load_checkpoint, reconstruct
 from train import train
@@ -80,9 +80,15 @@ def test_forward_pass_on_gpu_equals_cpu(norm):
     assert_close(on_gpu, on_cpu, 1e-4)
 
 
-def test_sampler_gives_the_same_masks_and_batches_on_both_devices():
+@pytest.mark.parametrize("with_no_data", [False, True])
+def test_sampler_gives_the_same_masks_and_batches_on_both_devices(with_no_data):
     hsi, _ = tiny_scene(height=15, width=13, bands=7)
-    samplers = {device: BlindSpotSampler(hsi, 7, 3, 0.9, device) for device in ("cpu", "cuda")}
+    missing = None
+    if with_no_data:  # no-data corners and holes, filled as load_scene fills them
+        missing = np.random.RandomState(0).rand(15, 13) < 0.2
+        missing[:3, :4] = True
+        fill_missing(hsi, missing)
+    samplers = {device: BlindSpotSampler(hsi, 7, 3, 0.9, device, missing) for device in ("cpu", "cuda")}
     masks = {device: sampler.draw_masks(torch.Generator().manual_seed(3)) for device, sampler in samplers.items()}
     for on_cpu, on_gpu in zip(masks["cpu"], masks["cuda"]):
         assert torch.equal(on_cpu, on_gpu)
