@@ -2,12 +2,14 @@
 
 Both packages are optional (requirements-imagery.txt) and both are needed for either format (GDAL,
 through rasterio, places ENVI files and writes the GeoTIFF maps); they are imported only when such a
-file is used, so a user with .mat files alone never needs them. A cube is read a block of rows at a time from a
-memory map (ENVI) or a window (GeoTIFF) straight into the float32 scene, so it is never held twice.
+file is used, so a user with .mat files alone never needs them. A cube is read a block of rows at a
+time from a memory map (ENVI) or a window (GeoTIFF) straight into the float32 scene, so it is never
+held twice.
 """
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,15 +24,19 @@ ENVI_GEO_FIELDS = ("map info", "coordinate system string", "projection info", "p
 INSTALL = "pip install -r requirements-imagery.txt (spectral and rasterio)"
 
 
+@dataclass
 class Raster:
     """Where a raster scene lies on the ground and how it marks no-data: what its output maps carry.
 
-    `crs` and `transform` are rasterio's (None and the identity for a plain, unreferenced TIFF); `nodata`
-    is the file's ignore / nodata value or None; `envi_geo` the ENVI header's placing fields, or None.
+    `kind` is 'envi' or 'tiff'; `crs` and `transform` are rasterio's (None and the identity for a plain,
+    unreferenced TIFF; both None where GDAL cannot place an ENVI file); `nodata` is the file's ignore /
+    nodata value or None; `envi_geo` the ENVI header's placing fields, or None.
     """
-
-    def __init__(self, kind, crs, transform, nodata, envi_geo=None):
-        self.kind, self.crs, self.transform, self.nodata, self.envi_geo = kind, crs, transform, nodata, envi_geo
+    kind: str
+    crs: object
+    transform: object
+    nodata: float = None
+    envi_geo: dict = None
 
     def describe(self):
         """What metrics.json records of the placing."""

@@ -173,6 +173,22 @@ def test_geotiff_cube_placing_and_nodata(tmp_path):
     assert raster.nodata == -9999
 
 
+@pytest.mark.parametrize("suffix", [".hdr", ".tif"])
+def test_reading_block_by_block_gives_the_whole_cube(tmp_path, monkeypatch, suffix):
+    """Blocks of 2 rows (the last one short) read the same cube and no-data mask as one block."""
+    import imagery
+    cube = distinct_cube("int16")
+    cube[0, 0] = cube[8, 6] = cube[4, 2, 1] = -9999
+    path = (write_envi(tmp_path / "scene.hdr", cube, interleave="bsq", data_ignore_value=-9999) if suffix == ".hdr"
+            else write_tiff(tmp_path / "scene.tif", cube, nodata=-9999, crs=UTM33))
+    whole = load_scene(str(tmp_path), path)
+    monkeypatch.setattr(imagery, "BLOCK_BYTES", 2 * 7 * 5 * 2)
+    blocks = load_scene(str(tmp_path), path)
+    np.testing.assert_array_equal(blocks.hsi, whole.hsi)
+    np.testing.assert_array_equal(blocks.missing, whole.missing)
+    assert blocks.missing.sum() == 3 and np.array_equal(blocks.hsi[~blocks.missing], cube[~blocks.missing])
+
+
 def test_float_tiff_without_nodata_tag_nan_and_inf_are_no_data(tmp_path):
     cube = distinct_cube("float32")
     cube[1, 1] = np.nan
