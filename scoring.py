@@ -90,15 +90,17 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
     For every group of a partition, one pass of the whole scene (or tile by tile) in which each pixel of
     the group shows its source's spectrum; the reconstruction is kept at the group's pixels only. A
     pixel's result so never depends on its own spectrum. Seeded by `seed`: deterministic on one device.
-    No-data pixels (`missing`, H x W bool) are never hidden; they show, as context, what the pixel whose
-    spectrum fills them shows in the pass (fill_sources), so a hidden pixel's copies are hidden too.
+    `hsi` (float32) is changed during the call and restored before it returns. No-data pixels
+    (`missing`, H x W bool) are never hidden; they show, as context, what the pixel whose spectrum fills
+    them shows in the pass (fill_sources), so a hidden pixel's copies are hidden too.
     """
     height, width, bands = hsi.shape
     generator = torch.Generator().manual_seed(seed)
-    shown = np.array(hsi, np.float32)  # the scene as one pass shows it; restored after each group
-    flat_scene, flat_shown = hsi.reshape(-1, bands), shown.reshape(-1, bands)
-    total = np.zeros(hsi.shape, np.float32) if repeats > 1 else None
-    output = np.empty(hsi.shape, np.float32)
+    # The scene as one pass shows it: `hsi` itself when it is float32 and contiguous (a group's pixels are
+    # changed for the pass and restored after it, so a flight line needs no second copy), else a copy.
+    shown = np.ascontiguousarray(hsi, np.float32)
+    flat = shown.reshape(-1, bands)
+    total = np.zeros(hsi.shape, np.float32)  # each pixel is added once per partition
     shows = None if missing is None else fill_sources(missing).ravel()
     fills = None if missing is None else np.flatnonzero(missing)
     for _ in range(repeats):
@@ -107,16 +109,20 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
         for g in range(group_count(ratio)):
             keep = (group == g).numpy()
             members = np.flatnonzero(keep if missing is None else keep & ~missing.ravel())
-            flat_shown[members] = flat_scene[source[members].numpy()]
-            if fills is not None:  # copies follow their pixel
-                flat_shown[fills] = flat_shown[shows[fills]]
-            reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=output)
-            flat_shown[members] = flat_scene[members]
-            if fills is not None:
-                flat_shown[fills] = flat_scene[fills]
-        if total is not None:
-            total += output
-    return output if total is None else total / np.float32(repeats)
+            own = flat[members]  # a copy: the group's own spectra, put back after the pass
+            try:
+                flat[members] = flat[source[members].numpy()]  # sources lie outside the group: not changed
+                if fills is not None:  # copies follow their pixel
+                    flat[fills] = flat[shows[fills]]
+                reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=total,
+                            accumulate=True)
+            finally:
+                flat[members] = own
+                if fills is not None:  # each fill is a copy of a data pixel, now as it was
+                    flat[fills] = flat[shows[fills]]
+    if repeats > 1:
+        total /= np.float32(repeats)
+    return total
 
 
 def score_reconstruction(net, hsi, device, config, missing=None):

@@ -144,3 +144,23 @@ def test_blindspot_scoring_with_bf16_and_during_training(scene_dir, monkeypatch)
     assert calls == [(3, 0.9, 5)] * 2  # one blind-spot scoring per evaluation, seeded by --seed
     state = torch.load(next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0002.pt")), weights_only=True)
     assert sorted(state["aucs"]) == [1, 2]
+
+
+def test_the_scene_is_shown_in_place_and_restored_even_when_a_pass_is_interrupted():
+    """Blind-spot scoring changes a float32 scene's pixels for each pass instead of copying the scene, and
+    puts every value back: after a call, and after a pass that raised (Ctrl-C)."""
+    hsi = np.random.RandomState(2).rand(11, 9, 4).astype(np.float32)
+    before = hsi.copy()
+    net = random_net(4)
+    blindspot_reconstruct(net, hsi, "cpu", 3, 0.9, seed=1, repeats=2)
+    assert np.array_equal(hsi, before)
+
+    class Interrupting(torch.nn.Module):
+        receptive_field_radius = net.receptive_field_radius
+
+        def forward(self, x):
+            assert not np.array_equal(hsi, before)  # the caller's scene shows the hidden pixels: no copy made
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        blindspot_reconstruct(Interrupting(), hsi, "cpu", 3, 0.9, seed=1)
+    assert np.array_equal(hsi, before)
