@@ -144,6 +144,7 @@ def _envi_placing(data_file):
 
 def _read_tiff(path, drop_bands):
     with _gdal_quiet() as rasterio:
+        from rasterio.enums import ColorInterp, MaskFlags
         try:
             source = rasterio.open(path)
         except rasterio.errors.RasterioIOError as error:
@@ -153,22 +154,33 @@ def _read_tiff(path, drop_bands):
             if dtype.kind not in "biuf" or len(set(source.dtypes)) > 1:
                 raise UserError(f"TIFF {path} holds {', '.join(sorted(set(source.dtypes)))} bands: only real-valued "
                                 "cubes with one data type can be scenes")
-            bands = select_bands(source.count, drop_bands, [], path)
+            # An alpha band is a mask, not a band of the scene: it marks no-data through the file's mask.
+            alpha = [band for band, kind in enumerate(source.colorinterp, start=1) if kind == ColorInterp.alpha]
+            bands = select_bands(source.count, drop_bands, alpha, path)
+            if alpha:
+                print(f"note: band {ranges_text(alpha)} of {path} is an alpha band: used as the no-data mask, "
+                      "not as a band of the scene")
             window = rasterio.windows.Window
 
             def block(top, rows):  # rasterio reads bands x rows x columns
                 return source.read(bands, window=window(0, top, source.width, rows)).transpose(1, 2, 0)
+
+            mask = None  # a mask band of its own (internal, .msk or alpha), as GDAL and QGIS read it
+            if MaskFlags.per_dataset in source.mask_flag_enums[bands[0] - 1]:
+                def mask(top, rows):
+                    return source.read_masks(bands[0], window=window(0, top, source.width, rows)) == 0
             hsi, missing = _read_blocks(block, source.height, source.width, bands,
-                                        dtype.itemsize * source.count, source.nodata, path)
+                                        dtype.itemsize * source.count, source.nodata, path, mask)
             placing = Raster("tiff", source.crs, source.transform, source.nodata)
     return hsi, missing, bands, placing
 
 
-def _read_blocks(read_block, height, width, bands, bytes_per_pixel, nodata, path):
+def _read_blocks(read_block, height, width, bands, bytes_per_pixel, nodata, path, read_mask=None):
     """Fill a float32 H x W x b scene from `read_block(top, rows)` (rows x W x b, the file's type), block by block.
 
-    Returns (hsi, missing): missing is H x W, True where any band holds `nodata` or a non-finite value.
-    Pixels missing in some bands only are named in a note, with the band most often missing.
+    Returns (hsi, missing): missing is H x W, True where any band holds `nodata` or a non-finite value, or
+    where `read_mask(top, rows)` (rows x W bool) says no-data. Pixels missing in some bands only are named
+    in a note, with the band most often missing.
     """
     hsi = np.empty((height, width, len(bands)), np.float32)
     missing = np.zeros((height, width), bool)
@@ -183,6 +195,8 @@ def _read_blocks(read_block, height, width, bands, bytes_per_pixel, nodata, path
         partly = missing[top:top + rows] & ~bad.all(axis=2)
         partly_missing += int(partly.sum())
         band_counts += bad[partly].sum(axis=0)
+        if read_mask is not None:
+            missing[top:top + rows] |= read_mask(top, rows)
     if partly_missing:
         worst = int(np.argmax(band_counts))
         print(f"note: {partly_missing} pixels of {path} are no-data in some bands only (band {bands[worst]} in "

@@ -189,6 +189,27 @@ def test_reading_block_by_block_gives_the_whole_cube(tmp_path, monkeypatch, suff
     assert blocks.missing.sum() == 3 and np.array_equal(blocks.hsi[~blocks.missing], cube[~blocks.missing])
 
 
+def test_tiff_mask_band_and_alpha_band_mark_no_data(tmp_path, capsys):
+    """A GeoTIFF's own mask band (GDAL's internal mask) and an alpha band mark no-data as GIS software reads
+    them; an alpha band is not a band of the scene."""
+    cube = distinct_cube("int16")
+    valid = np.full((9, 7), 255, np.uint8)
+    valid[0, :3] = valid[5, 5] = 0
+    profile = dict(driver="GTiff", height=9, width=7, dtype="int16", crs=UTM33, transform=TRANSFORM)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(tmp_path / "masked.tif", "w", count=5, **profile) as target:
+            target.write(cube.transpose(2, 0, 1))
+            target.write_mask(valid)
+    scene = load_scene(str(tmp_path), str(tmp_path / "masked.tif"))
+    np.testing.assert_array_equal(scene.missing, valid == 0)
+    np.testing.assert_array_equal(scene.hsi[valid > 0], cube[valid > 0])
+    with rasterio.open(tmp_path / "alpha.tif", "w", count=4, alpha="YES", **dict(profile, dtype="uint8")) as target:
+        target.write(np.concatenate([cube[:, :, :3].astype(np.uint8), valid[:, :, None]], axis=2).transpose(2, 0, 1))
+    scene = load_scene(str(tmp_path), str(tmp_path / "alpha.tif"))
+    assert scene.bands == [1, 2, 3] and "band 4 of" in capsys.readouterr().out
+    np.testing.assert_array_equal(scene.missing, valid == 0)
+
+
 def test_float_tiff_without_nodata_tag_nan_and_inf_are_no_data(tmp_path):
     cube = distinct_cube("float32")
     cube[1, 1] = np.nan
