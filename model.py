@@ -178,15 +178,15 @@ def network_from_checkpoint(checkpoint):
     return net.eval(), checkpoint
 
 
-def reconstruct(net, hsi, device, tile=None, amp="off", keep=None, out=None, accumulate=False):
+def reconstruct(net, hsi, device, tile=None, amp="off", keep=None, out=None):
     """The network's H x W x B reconstruction of the H x W x B scene `hsi`, in eval mode.
 
     With `tile`, the scene goes through in tiles of tile x tile output pixels, each cut with a margin
     of the receptive-field radius, so memory is bounded by the tile. With BatchNorm in eval mode every
     output pixel depends only on its receptive field, so the tiled result equals the whole-scene one
     up to float rounding (reflect padding only ever happens at the scene's own borders, as before).
-    With `keep` (H x W bool), only those pixels are written, into `out` (H x W x B float32); with
-    `accumulate`, added to what `out` holds.
+    With `keep` (H x W bool), the reconstruction of those pixels only is added to what `out` (H x W x B
+    float32) holds.
     """
     net = net.to(device, memory_format=torch.channels_last).eval()
     height, width, _ = hsi.shape
@@ -208,10 +208,7 @@ def reconstruct(net, hsi, device, tile=None, amp="off", keep=None, out=None, acc
                 piece = piece.permute(1, 2, 0).cpu().numpy()
                 if keep is None:
                     output[top:bottom, left:right] = piece
-                elif accumulate:
-                    kept = keep[top:bottom, left:right]
-                    output[top:bottom, left:right][kept] += piece[kept]
                 else:
                     kept = keep[top:bottom, left:right]
-                    output[top:bottom, left:right][kept] = piece[kept]
+                    output[top:bottom, left:right][kept] += piece[kept]
     return output

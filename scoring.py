@@ -114,8 +114,7 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
                 flat[members] = flat[source[members].numpy()]  # sources lie outside the group: not changed
                 if fills is not None:  # copies follow their pixel
                     flat[fills] = flat[shows[fills]]
-                reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=total,
-                            accumulate=True)
+                reconstruct(net, shown, device, tile, amp, keep=keep.reshape(height, width), out=total)
             finally:
                 flat[members] = own
                 if fills is not None:  # each fill is a copy of a data pixel, now as it was
