@@ -285,10 +285,9 @@ def map_nodata(raster):
 
 def write_map(folder, name, score_map, raster):
     """`score_map` (H x W float32, NaN at no-data) as <name>.tif, placed like the input, and as an ENVI
-    <name>.hdr / .img pair when the input was ENVI. Returns the file names written."""
+    <name>.hdr / .img pair when the input was ENVI."""
     nodata = map_nodata(raster)
     values = np.where(np.isnan(score_map), np.float32(nodata), score_map).astype(np.float32)
-    written = []
     if raster.transform is not None:
         with _gdal_quiet() as rasterio:
             profile = dict(driver="GTiff", height=values.shape[0], width=values.shape[1], count=1,
@@ -296,15 +295,12 @@ def write_map(folder, name, score_map, raster):
                            compress="deflate", tiled=True)
             with rasterio.open(os.path.join(folder, name + ".tif"), "w", **profile) as target:
                 target.write(values, 1)
-        written.append(name + ".tif")
     if raster.kind == "envi":
         envi = _spectral()
         metadata = dict(raster.envi_geo or {}, **{"data ignore value": nodata, "band names": [name],
                                                   "description": "BS3LNet detection map"})
         envi.save_image(os.path.join(folder, name + ".hdr"), values[:, :, None], dtype=np.float32,
                         interleave="bsq", metadata=metadata, force=True, ext=".img")
-        written += [name + ".hdr", name + ".img"]
-    return written
 
 
 def write_cube(path, cube, raster, missing=None, rows_per_block=64):
