@@ -48,8 +48,8 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop
     `dataset` is `synthetic`, a name in `data_dir` or a path, of a .mat file (matfile.read_mat_scene), an
     ENVI header or a (Geo)TIFF (imagery.read_raster_scene). `gt_file` (a path, or a name in `data_dir`)
     is a ground-truth map in a file of its own (.mat, ENVI or TIFF), used instead of one inside the
-    scene's file. `drop_bands` are 1-based
-    band numbers left out; an ENVI file's bbl bad bands are left out too unless `keep_bad_bands`.
+    scene's file. `drop_bands` are 1-based band numbers left out; an ENVI file's bbl bad bands are left
+    out too unless `keep_bad_bands`.
     """
     if dataset == SYNTHETIC:
         hsi, gt = synthetic_scene()
@@ -155,8 +155,12 @@ def scene_path(data_dir, dataset):
     the current folder."""
     suffixed = dataset.lower().endswith(SCENE_SUFFIXES)
     in_data_dir = os.path.join(data_dir, dataset + ("" if suffixed else ".mat"))
-    candidates = [in_data_dir] if not suffixed else \
-        [dataset, in_data_dir] if os.path.dirname(dataset) else [in_data_dir, dataset]
+    if not suffixed:
+        candidates = [in_data_dir]
+    elif os.path.dirname(dataset):  # a path first
+        candidates = [dataset, in_data_dir]
+    else:  # a file name: in --data_dir, else in the current folder
+        candidates = [in_data_dir, dataset]
     if not suffixed and os.path.isfile(dataset) and os.path.splitext(dataset)[1]:
         raise UserError(f"{dataset}: scenes are .mat, .hdr (ENVI: pass the header, not its data file), .tif or "
                         ".tiff files")
