@@ -38,13 +38,13 @@ def find_checkpoint(config):
     return path
 
 
-def write_results(config, folder, method, score_map, scene, arrays=None, info=None):
+def write_results(config, folder, method, score_map, scene, extra_files=None, info=None):
     """Write a method's score map (NaN at no-data pixels), figures and metrics.json; returns the metrics.
 
     Files go to <results_dir>/<scene name>/<folder>/ (one folder per configuration), written completely in
     a staging folder first and then moved into place, and <results_dir>/<scene name>/latest is switched to
     that folder in one step: a kill at any moment leaves each view one run's files, never a mixture.
-    `arrays` maps file names to (key, array) for .mat files, or to a function writing the file at a path.
+    `extra_files` maps file names to functions writing such a file at a given path.
     """
     dataset_dir = os.path.join(config.results_dir, scene_name(config.dataset))
     out_dir = os.path.join(dataset_dir, folder)
@@ -52,7 +52,7 @@ def write_results(config, folder, method, score_map, scene, arrays=None, info=No
     remove_abandoned_staging(os.path.dirname(out_dir))
     staging = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".tmp-{os.getpid()}-")
     try:
-        metrics = write_result_files(config, staging, method, score_map, scene, arrays, info)
+        metrics = write_result_files(config, staging, method, score_map, scene, extra_files, info)
         metrics["results"] = os.path.abspath(out_dir)
         with open(os.path.join(staging, "metrics.json"), "w") as handle:  # the folder is moved into place whole
             handle.write(json.dumps(metrics, indent=2) + "\n")
@@ -80,19 +80,16 @@ def write_results(config, folder, method, score_map, scene, arrays=None, info=No
     return metrics
 
 
-def write_result_files(config, out_dir, method, score_map, scene, arrays, info):
-    """The score map, the arrays, the figures into `out_dir`; returns the metrics (not yet written).
+def write_result_files(config, out_dir, method, score_map, scene, extra_files, info):
+    """The score map, the extra files, the figures into `out_dir`; returns the metrics (not yet written).
 
     The metrics are over the data pixels: no-data pixels are left out of the AUC.
     """
     scipy.io.savemat(os.path.join(out_dir, "detectmap.mat"), {"detectmap": score_map})
     if scene.raster is not None:
         write_map(out_dir, "detectmap", score_map, scene.raster)
-    for name, contents in (arrays or {}).items():
-        if callable(contents):
-            contents(os.path.join(out_dir, name))
-        else:
-            scipy.io.savemat(os.path.join(out_dir, name), {contents[0]: contents[1]})
+    for name, write in (extra_files or {}).items():
+        write(os.path.join(out_dir, name))
     gt, scores = data_pixels(scene.gt, scene.missing), data_pixels(score_map, scene.missing)
     metrics = dict(method=method, dataset=config.dataset, auc=None, auc_note=auc_undefined(gt), metrics_3d=None,
                    **(info or {}))
@@ -188,10 +185,12 @@ def predict(config):
                 seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4)))
     method = "BS3LNet" if scoring == "official" else f"BS3LNet (blind-spot scoring, R={config.score_repeats})"
     if scene.raster is None:
-        arrays = {"reconstructed_data.mat": ("reconstructed_data", reconstructed)}
+        extra_files = {"reconstructed_data.mat":
+                       lambda target: scipy.io.savemat(target, {"reconstructed_data": reconstructed})}
     else:  # placed like the scene, and written in blocks: a flight line's reconstruction is as big as the scene
-        arrays = {"reconstructed.tif": lambda target: write_cube(target, reconstructed, scene.raster, scene.missing)}
-    return write_results(config, folder, method, score_map, scene, arrays, info)
+        extra_files = {"reconstructed.tif":
+                       lambda target: write_cube(target, reconstructed, scene.raster, scene.missing)}
+    return write_results(config, folder, method, score_map, scene, extra_files, info)
 
 
 def detect_with_baseline(config, method):
