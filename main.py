@@ -124,10 +124,11 @@ def add_further_flags(extra):
     extra.add_argument("--keep_bad_bands", action="store_true",
                        help="keep the bands an ENVI header's bbl flags as bad (left out by default)")
     extra.add_argument("--checkpoints_dir", default="./checkpoints",
-                       help="runs are saved in <checkpoints_dir>/<dataset>/<configuration>/")
+                       help="runs are saved in <checkpoints_dir>/<scene>/<configuration>/ (<scene>: the scene "
+                            "file's name without folder and suffix)")
     extra.add_argument("--results_dir", default="./results",
-                       help="results go to <results_dir>/<dataset>/<configuration>/, the latest also to "
-                            "<results_dir>/<dataset>/")
+                       help="results go to <results_dir>/<scene>/<configuration>/, the latest linked as "
+                            "<results_dir>/<scene>/latest")
     extra.add_argument("--checkpoint", default=None,
                        help="predict from this file (ours, or an official BS3LNet .pkl state_dict) instead of "
                             "the run the flags describe")
