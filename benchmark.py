@@ -132,6 +132,9 @@ def csv_table(summary):
 def benchmark(config, command_line):
     """Run --methods on every scene of --datasets (BS3LNet once per seed of --seeds) and write the tables."""
     datasets = parse_list(config.dataset if config.datasets is None else config.datasets, "--datasets")
+    if config.gt_file is not None and len(datasets) > 1:
+        raise UserError(f"--gt_file names one scene's map, but --datasets lists {len(datasets)} scenes: "
+                        "benchmark a scene with a map of its own on its own")
     seeds = parse_list(config.seeds, "--seeds", int)
     methods = parse_list(config.methods, "--methods")
     unknown = sorted(set(methods) - set(METHODS))

@@ -41,8 +41,14 @@ def setup(device, gpu_ids):
     return chosen
 
 
-def cleanup():
+def cleanup(completed):
+    """Leave the process group. After a completed command every process first waits for the others, so
+    that none tears its connections down while another (the one saving checkpoints) still holds them:
+    gloo can abort a process at exit otherwise. After an error there is no waiting, as a process that
+    failed alone would wait for ever."""
     if dist.is_available() and dist.is_initialized():
+        if completed:
+            dist.barrier()
         dist.destroy_process_group()
 
 

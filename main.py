@@ -209,6 +209,7 @@ def main(argv=None):
         print("note: torch's CPU threads started before subnormal flushing was set; some keep subnormals",
               file=sys.stderr)
     stop_on_sigterm()
+    completed = False
     try:
         if config.command == "train":
             train(config)
@@ -221,6 +222,7 @@ def main(argv=None):
             if failures:
                 print(f"error: {failures} benchmark job(s) failed: see the 'failed' column", file=sys.stderr)
                 return 1
+        completed = True
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -238,7 +240,7 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed.cleanup()
+        distributed.cleanup(completed)
     return 0
 
 

@@ -139,6 +139,13 @@ def test_benchmark_rejects_unknown_methods(scene_dir, capsys):
     assert "unknown --methods svm" in capsys.readouterr().err
 
 
+def test_benchmark_refuses_one_gt_file_for_several_scenes(scene_dir, capsys):
+    flags = cli_flags(scene_dir, "tiny", "--datasets", "tiny,synthetic", "--gt_file", "tiny.mat", "--methods", "rx")
+    assert main(["--command", "benchmark", *flags]) == 2
+    assert "--gt_file names one scene's map, but --datasets lists 2 scenes" in capsys.readouterr().err
+    assert not (scene_dir / "results").exists()
+
+
 def test_metrics_json_has_the_3d_metrics(scene_dir):
     assert main(["--command", "rx", *cli_flags(scene_dir)]) == 0
     metrics = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())

@@ -93,8 +93,11 @@ def test_sigint_in_a_real_process_saves_and_exits_cleanly(scene_dir):
     import time
     from conftest import ROOT
     flags = cli_flags(scene_dir, "tiny", "--epochs", "100000", "--save_freq", "100000")
+    # A suite started in the background (`pytest &`) ignores SIGINT, and so would the child: give it
+    # the default disposition, so that Python turns SIGINT into KeyboardInterrupt as in a terminal.
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", *flags],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run_dir = run_directory(config_for(scene_dir))
     deadline = time.time() + 120
     while time.time() < deadline:
