@@ -341,7 +341,8 @@ def dry_run(config, device):
     session = set_up(config, device, None)
     loss = train_epoch(session.net, session.optimizer, session.scaler, session.sampler,
                        epoch_batches(session, config)[:1], config, "dry run")
-    print(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
+    if distributed.rank() == 0:
+        print(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
     return [loss]
 
 

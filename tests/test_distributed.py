@@ -15,6 +15,14 @@ from runs import checkpoint_path, run_directory
 from train import train
 
 
+def torchrun_train(flags):
+    """`torchrun --nproc_per_node 2 main.py --command train FLAGS` on the CPU, one thread a process."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         os.path.join(ROOT, "main.py"), "--command", "train", *flags],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_trains(scene_dir, tmp_path):
     """Equivalent means: the same computation in another floating-point summation order (BatchNorm
@@ -29,10 +37,7 @@ def test_two_processes_train_what_one_process_trains(scene_dir, tmp_path):
     single_losses = train(single)
     multi_dir = tmp_path / "multi"
     multi_flags = flags + ["--checkpoints_dir", str(multi_dir)]
-    launched = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         os.path.join(ROOT, "main.py"), "--command", "train", *multi_flags],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    launched = torchrun_train(multi_flags)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "x 2 processes" in launched.stdout
     multi = build_parser().parse_args(multi_flags)
@@ -46,3 +51,11 @@ def test_two_processes_train_what_one_process_trains(scene_dir, tmp_path):
     outputs = [reconstruct(load_checkpoint(checkpoint_path(run_directory(c), 3))[0], scene, "cpu")
                for c in (single, multi)]
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-3, atol=1e-3 * np.abs(outputs[0]).max())
+
+
+@pytest.mark.slow
+def test_a_two_process_dry_run_reports_once_and_saves_nothing(scene_dir):
+    launched = torchrun_train(cli_flags(scene_dir, "tiny", "--epochs", "3", "--dry-run"))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("dry run: one batch trained") == 1
+    assert not (scene_dir / "checkpoints").exists()
