@@ -68,6 +68,9 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop
             check_missing(scene)
     if drop_bands:
         print(f"using {len(scene.bands)} bands of {scene.path or dataset} (--drop_bands left out {len(drop_bands)})")
+    if keep_bad_bands and (scene.raster is None or scene.raster.kind != "envi"):
+        print(f"note: --keep_bad_bands changes nothing for {scene.path or dataset}: only ENVI headers flag bad "
+              "bands (bbl)")
     if gt_file is not None:
         if scene.gt is not None:
             print(f"note: using the ground truth in {gt_file}, not the map inside {scene.path}")

@@ -112,6 +112,8 @@ def _read_envi(path, drop_bands, keep_bad_bands):
                         f"(+ {image.offset} header bytes) = {expected}: fix lines, samples, bands, data type or "
                         "header offset")
     bad_bands = _bad_band_list(path, metadata.get("bbl"), total) if not keep_bad_bands else []
+    if keep_bad_bands and metadata.get("bbl") is None:
+        print(f"note: --keep_bad_bands changes nothing for {path}: its header has no bbl")
     if bad_bands:
         print(f"note: {path} flags {len(bad_bands)} bad bands in its bbl ({ranges_text(bad_bands)}): left out "
               "(--keep_bad_bands keeps them)")

@@ -154,6 +154,20 @@ def test_keep_bad_bands_and_drop_bands(tmp_path):
     np.testing.assert_array_equal(dropped.hsi[1::2], cube[1::2][:, :, [0, 3, 4]])
 
 
+def test_keep_bad_bands_says_when_it_changes_nothing(tmp_path, capsys):
+    cube = distinct_cube("int16")
+    load_scene(str(tmp_path), write_envi(tmp_path / "plain.hdr", cube), keep_bad_bands=True)
+    load_scene(str(tmp_path), write_tiff(tmp_path / "cube.tif", cube), keep_bad_bands=True)
+    scipy.io.savemat(tmp_path / "scene.mat", {"data": cube, "map": np.zeros(cube.shape[:2])})
+    load_scene(str(tmp_path), "scene", keep_bad_bands=True)
+    out = capsys.readouterr().out
+    assert "--keep_bad_bands changes nothing for " + str(tmp_path / "plain.hdr") + ": its header has no bbl" in out
+    assert out.count("only ENVI headers flag bad bands") == 2
+    cube, path = ignore_value_scene(tmp_path)  # a header with a bbl: the flag keeps its bad bands, no note
+    load_scene(str(tmp_path), path, keep_bad_bands=True)
+    assert "changes nothing" not in capsys.readouterr().out
+
+
 # 3. GeoTIFF scenes ----------------------------------------------------------------------------------------
 
 def test_geotiff_cube_placing_and_nodata(tmp_path):
