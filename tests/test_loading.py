@@ -393,8 +393,7 @@ def test_a_folder_named_like_a_scene_is_called_a_folder(tmp_path):
 def test_dataset_may_be_given_with_its_extension_or_as_a_path(tmp_path):
     save(tmp_path, {"data": HSI, "map": GT})
     for name in ("scene", "scene.mat", str(tmp_path / "scene.mat")):
-        scene = load_scene("/nonexistent" if os.path.isabs(name) else str(tmp_path), name)
-        hsi, gt = scene.hsi, scene.gt
+        hsi, gt = load("/nonexistent" if os.path.isabs(name) else tmp_path, name)
         assert np.array_equal(hsi, HSI) and np.array_equal(gt, GT)
 
 
@@ -440,8 +439,7 @@ def test_every_shared_file(path):
                                   "TAEF_pavia-v73-100x100x102-norm-71px"])
 def test_v73_anomalies_stand_out_where_the_map_says(name):
     """Global RX finds these anomalies (AUC > 0.98) only with the map on the right pixels (0.67 transposed)."""
-    scene = load_scene(VARIANTS, name)
-    hsi, gt = scene.hsi, scene.gt
+    hsi, gt = load(VARIANTS, name)
     pixels = hsi.reshape(-1, hsi.shape[2]).astype(np.float64)
     pixels -= pixels.mean(axis=0)
     rx = np.einsum("ij,jk,ik->i", pixels, np.linalg.pinv(np.cov(pixels.T)), pixels)
@@ -450,10 +448,8 @@ def test_v73_anomalies_stand_out_where_the_map_says(name):
 
 @needs_shared_files
 def test_v73_hydice_is_the_v5_hydice_normalised():
-    scene = load_scene(VARIANTS, "AutoAD_HYDICE1-v73-norm-17px")
-    hsi, gt = scene.hsi, scene.gt
-    scene = load_scene(SHARED_DATA, "hydice-urban-80x100x162-17px")
-    raw, raw_gt = scene.hsi, scene.gt
+    hsi, gt = load(VARIANTS, "AutoAD_HYDICE1-v73-norm-17px")
+    raw, raw_gt = load(SHARED_DATA, "hydice-urban-80x100x162-17px")
     low, high = raw.min(axis=(0, 1)), raw.max(axis=(0, 1))
     assert hsi.shape == raw.shape == (80, 100, 162) and np.array_equal(gt, raw_gt)
     assert np.abs(hsi - (raw - low) / (high - low)).max() < 0.01
