@@ -130,9 +130,9 @@ def flush_subnormals(enabled=True):
 
     Many x86 CPUs take a slow path for floats below 1.2e-38; a long CPU run was reported to take twice
     as long per epoch at some stages without flushing, and flushing changes no printed loss
-    (bench/subnormals.py). The setting is
-    per thread and torch's intra-op threads copy it when they start, so call this before the first
-    parallel CPU operation of the process: main() does, right after parsing the flags.
+    (bench/subnormals.py). The setting is per thread and torch's intra-op threads copy it when they
+    start, so call this before the first parallel CPU operation of the process: main() does, right
+    after parsing the flags.
     """
     torch.set_flush_denormal(enabled)
     return subnormal_handling()
