@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from predict import detect_with_baseline, predict
+from detectors import detect_with_baseline
+from predict import predict
 from runs import log_path, read_log
 from scoring import scorings
 from train import Interrupted, ensure_trained

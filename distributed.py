@@ -13,6 +13,11 @@ from torch import nn
 from utils import UserError, resolve_device
 
 
+def launched():
+    """Whether torchrun started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def world_size():
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -23,7 +28,7 @@ def rank():
 
 def setup(device, gpu_ids):
     """Join the process group when launched by torchrun (gloo on CPU, nccl on GPU); returns the device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if not launched():
         return resolve_device(device, gpu_ids)
     local_rank = int(os.environ["LOCAL_RANK"])
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):

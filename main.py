@@ -1,6 +1,7 @@
 """BS3LNet for hyperspectral anomaly detection: `--command train`, then `--command predict` with the same flags."""
 import argparse
 import errno
+import os
 import math
 import signal
 import sys
@@ -8,8 +9,8 @@ import threading
 
 import distributed
 from benchmark import benchmark, failed_jobs
-from evaluation import LRX_BORDER_NOTE
-from predict import detect_with_baseline, predict
+from detectors import LRX_BORDER_NOTE, detect_with_baseline
+from predict import predict
 from train import Interrupted, train
 from utils import UserError, command_line, flush_subnormals
 
@@ -245,4 +246,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if distributed.launched():
+        # Under torchrun, leave without running the C++ runtime's exit handlers: gloo's threads are still
+        # joinable then, and destroying them aborts the process ("terminate called without an active
+        # exception") after a command that completed; every file is closed and written by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

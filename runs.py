@@ -5,7 +5,7 @@ import json
 import os
 import re
 
-from dataset import scene_name
+from scenes import scene_name
 from imagery import ranges_text
 from utils import UserError
 
@@ -129,3 +129,15 @@ def run_lock(run_dir):
                     os.rmdir(folder)
     finally:
         handle.close()
+def find_checkpoint(config):
+    """--checkpoint if given, else the checkpoint of epoch --epochs of the run these flags describe."""
+    if config.checkpoint:
+        return config.checkpoint
+    run_dir = run_directory(config)
+    path = checkpoint_path(run_dir, config.epochs)
+    if not os.path.exists(path):
+        found = saved_epochs(run_dir)
+        hint = (f"it has epochs {', '.join(map(str, found))}: pass one as --epochs" if found
+                else "train with the same flags first, or pass --checkpoint PATH")
+        raise UserError(f"no checkpoint for epoch {config.epochs} in {run_dir}: {hint}")
+    return path

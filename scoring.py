@@ -7,7 +7,8 @@ scoring reconstructs each pixel the way training did: hidden behind a neighbour'
 import numpy as np
 import torch
 
-from dataset import fill_sources, window_offsets
+from dataset import window_offsets
+from scenes import fill_sources
 from model import reconstruct
 from utils import UserError
 

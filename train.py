@@ -11,8 +11,10 @@ import torch
 from tqdm import tqdm
 
 import distributed
-from dataset import BlindSpotSampler, scene_from_config
-from evaluation import auc_score, auc_undefined, data_pixels, detection_map, plot_training_curve
+from dataset import BlindSpotSampler
+from scenes import scene_from_config
+from figures import plot_training_curve
+from metrics import auc_score, auc_undefined, data_pixels, detection_map
 from model import BS3LNet, init_weights
 from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, log_header, log_path, log_row,
                   remove_temporary_files, run_directory, run_lock, saved_epochs)

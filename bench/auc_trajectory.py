@@ -18,11 +18,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from dataset import load_scene  # noqa: E402
+from scenes import load_scene  # noqa: E402
 from main import build_parser  # noqa: E402
 from model import reconstruct  # noqa: E402
 from train import train  # noqa: E402
-from evaluation import auc_score, detection_map  # noqa: E402
+from metrics import auc_score, detection_map  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 MARGIN = 0.01

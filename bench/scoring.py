@@ -20,12 +20,12 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataset import load_scene  # noqa: E402
+from scenes import load_scene  # noqa: E402
 from main import build_parser  # noqa: E402
 from model import load_checkpoint, reconstruct  # noqa: E402
 from runs import checkpoint_path, run_directory  # noqa: E402
 from scoring import blindspot_reconstruct  # noqa: E402
-from evaluation import auc_score, detection_map  # noqa: E402
+from metrics import auc_score, detection_map  # noqa: E402
 
 OUT = os.path.join(ROOT, "bench", "out", "scoring")
 

@@ -19,7 +19,7 @@ import scipy.io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from dataset import synthetic_scene  # noqa: E402
+from scenes import synthetic_scene  # noqa: E402
 
 FLAGS = ["--patch", "5", "--size_window", "3", "--nch_ker", "8", "--nblk", "1", "--batch_size", "30",
          "--patches_per_epoch", "120", "--epochs", "3", "--device", "cpu"]

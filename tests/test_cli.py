@@ -8,7 +8,7 @@ import scipy.io
 import torch
 
 from conftest import FIXTURES, SHARED_DATA, cli_flags, needs_shared_data, run_cli, tiny_scene
-from dataset import synthetic_scene
+from scenes import synthetic_scene
 from main import build_parser, main
 
 

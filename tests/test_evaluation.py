@@ -8,8 +8,9 @@ import scipy.io
 from sklearn.metrics import roc_auc_score
 
 from conftest import SHARED_DATA, needs_shared_data
-from evaluation import (METRIC_KEYS, format_metrics_table, lrx, metrics_3d, min_max, plot_roc, plot_roc_3d,
-                        plot_separation, roc_points, rx)
+from detectors import lrx, rx
+from figures import plot_roc, plot_roc_3d, plot_separation
+from metrics import METRIC_KEYS, format_metrics_table, metrics_3d, min_max, roc_points
 from utils import UserError
 
 

@@ -167,7 +167,7 @@ def test_latest_folder_never_mixes_two_methods(scene_dir):
 
 
 def test_an_interrupted_predict_leaves_every_results_view_one_runs_files(scene_dir, monkeypatch):
-    import predict
+    import results
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
@@ -176,7 +176,7 @@ def test_an_interrupted_predict_leaves_every_results_view_one_runs_files(scene_d
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(predict, "plot_roc_3d", killed)  # after the maps and two figures are written
+    monkeypatch.setattr(results, "plot_roc_3d", killed)  # after the maps and two figures are written
     assert main(["--command", "rx", *flags]) == 130
     assert main(["--command", "predict", *flags]) == 130  # the same configuration, interrupted
     after = {p.relative_to(tiny): p.read_bytes() for p in tiny.rglob("*") if p.is_file()}

@@ -13,7 +13,8 @@ import scipy.io
 import torch
 
 from conftest import FIXTURES, ROOT, cli_flags, tiny_scene
-from dataset import BlindSpotSampler, fill_missing
+from dataset import BlindSpotSampler
+from scenes import fill_missing
 from main import build_parser, main
 from model import BS3LNet, init_weights, load_checkpoint, reconstruct
 from train import train

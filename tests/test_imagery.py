@@ -18,8 +18,10 @@ from rasterio.crs import CRS  # noqa: E402
 from rasterio.transform import Affine  # noqa: E402
 
 from conftest import ROOT, tiny_scene  # noqa: E402
-from dataset import BlindSpotSampler, fill_missing, fill_sources, load_scene  # noqa: E402
-from evaluation import detection_map, rx  # noqa: E402
+from dataset import BlindSpotSampler  # noqa: E402
+from scenes import fill_missing, fill_sources, load_scene  # noqa: E402
+from detectors import rx  # noqa: E402
+from metrics import detection_map  # noqa: E402
 from main import main  # noqa: E402
 from scoring import blindspot_partition, blindspot_reconstruct  # noqa: E402
 from utils import UserError  # noqa: E402
@@ -552,7 +554,7 @@ def run_without(packages, code, *args):
 def test_without_a_package_a_raster_scene_names_the_requirements_file(tmp_path, absent, name):
     write_envi(tmp_path / "scene.hdr", distinct_cube("float32"))
     write_tiff(tmp_path / "scene.tif", distinct_cube("float32"))
-    code = "from dataset import load_scene\nfrom utils import UserError\ntry:\n    load_scene('.', sys.argv[1])\n" \
+    code = "from scenes import load_scene\nfrom utils import UserError\ntry:\n    load_scene('.', sys.argv[1])\n" \
            "except UserError as error:\n    print('UserError:', error)\n"
     result = run_without(absent, code, str(tmp_path / name))
     assert result.returncode == 0 and result.stdout.startswith("UserError: "), result.stdout + result.stderr

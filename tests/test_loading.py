@@ -12,8 +12,8 @@ import scipy.io
 import scipy.sparse
 
 from conftest import ROOT, SHARED_DATA, tiny_scene
-from dataset import load_scene
-from evaluation import auc_score
+from scenes import load_scene
+from metrics import auc_score
 from utils import UserError
 
 VARIANTS = os.path.join(SHARED_DATA, "variants")
@@ -203,7 +203,7 @@ def test_hdf5_garbage_after_the_signature(tmp_path):
 def test_h5py_is_imported_only_for_hdf5_files(tmp_path):
     save(tmp_path, {"data": HSI, "map": GT}, "v5")
     save_v73(tmp_path, {"data": HSI, "map": GT}, "v73")
-    code = ("import sys; from dataset import load_scene; load_scene({d!r}, 'v5'); print('h5py' in sys.modules); "
+    code = ("import sys; from scenes import load_scene; load_scene({d!r}, 'v5'); print('h5py' in sys.modules); "
             "load_scene({d!r}, 'v73'); print('h5py' in sys.modules)").format(d=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "True"], result.stderr

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
-from evaluation import auc_score, detection_map
+from metrics import auc_score, detection_map
 from utils import UserError, resolve_device
 
 
