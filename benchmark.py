@@ -1,30 +1,17 @@
 """`--command benchmark`: every method on every scene (and every seed), summarised in one table."""
-import argparse
 import csv
 import io
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from detectors import detect_with_baseline
 from predict import predict
 from runs import log_path, read_log
-from scoring import scorings
 from train import Interrupted, ensure_trained
 from utils import UserError, atomic_write_text
-
-METHODS = ("bs3lnet", "rx", "lrx")
-
-
-def parse_list(text, flag, cast=str):
-    try:
-        items = [cast(item.strip()) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise UserError(f"{flag} '{text}' is not a comma-separated list of {cast.__name__} values") from None
-    if not items:
-        raise UserError(f"{flag} is empty: give a comma-separated list")
-    return items
 
 
 def trained_seconds(run_dir, epochs):
@@ -42,20 +29,19 @@ def method_rows(method, scoring_list):
     return [row_name(method, scoring) for scoring in (scoring_list if method == "bs3lnet" else ["official"])]
 
 
-def run_one(config, method, scoring_list):
+def run_one(config, method):
     """Train (unless that run's final checkpoint exists) and score one method; returns {row name: figures}.
 
-    BS3LNet is trained once and its checkpoint scored with every scoring of `scoring_list`, so their rows
+    BS3LNet is trained once and its checkpoint scored with every scoring of --scoring, so their rows
     differ only by scoring; the baselines have one row.
     """
     if method != "bs3lnet":
         return {method: figures(detect_with_baseline(config, method), 0.0)}
     # --eval_every during training (if asked) uses the first scoring of the list
-    run_dir = ensure_trained(argparse.Namespace(**{**vars(config), "scoring": scoring_list[0]}))
+    run_dir = ensure_trained(replace(config, scoring=config.scoring[:1]))
     train_seconds = trained_seconds(run_dir, config.epochs)
-    return {row_name(method, scoring): figures(predict(argparse.Namespace(**{**vars(config), "scoring": scoring})),
-                                               train_seconds)
-            for scoring in scoring_list}
+    return {row_name(method, scoring): figures(predict(replace(config, scoring=(scoring,))), train_seconds)
+            for scoring in config.scoring}
 
 
 def figures(metrics, train_seconds):
@@ -132,39 +118,29 @@ def csv_table(summary):
 
 def benchmark(config, command_line):
     """Run --methods on every scene of --datasets (BS3LNet once per seed of --seeds) and write the tables."""
-    datasets = parse_list(config.dataset if config.datasets is None else config.datasets, "--datasets")
-    if config.gt_file is not None and len(datasets) > 1:
-        raise UserError(f"--gt_file names one scene's map, but --datasets lists {len(datasets)} scenes: "
-                        "benchmark a scene with a map of its own on its own")
-    seeds = parse_list(config.seeds, "--seeds", int)
-    methods = parse_list(config.methods, "--methods")
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise UserError(f"unknown --methods {', '.join(unknown)}: choose from {', '.join(METHODS)}")
-    scoring_list = scorings(config.scoring)
-    rows = [row for method in methods for row in method_rows(method, scoring_list)]
+    datasets, seeds, methods = config.datasets or (config.dataset,), config.seeds, config.methods
+    rows = [row for method in methods for row in method_rows(method, config.scoring)]
     jobs = [(d, m, s) for d in datasets for m in methods for s in (seeds if m == "bs3lnet" else [None])]
     runs = {(d, r): [] for d in datasets for r in rows}
     interrupted = None
     for number, (dataset, method, seed) in enumerate(jobs, start=1):
         print(f"\n[{number}/{len(jobs)}] {dataset}: {method}" + (f", seed {seed}" if seed is not None else ""))
-        run_config = argparse.Namespace(**{**vars(config), "dataset": dataset,
-                                           "seed": config.seed if seed is None else seed})
+        run_config = replace(config, dataset=dataset, seed=config.seed if seed is None else seed)
         started = time.perf_counter()
         try:
-            results = run_one(run_config, method, scoring_list)
+            results = run_one(run_config, method)
         except (KeyboardInterrupt, Interrupted) as interruption:  # stop here; the finished jobs are kept
             interrupted = (number, str(interruption))
             break
         except Exception as error:  # one scene's failure is a table entry, not the end of the benchmark
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"failed: {message}")
-            results = {row: dict(error=message) for row in method_rows(method, scoring_list)}
+            results = {row: dict(error=message) for row in method_rows(method, config.scoring)}
         for row, result in results.items():
             runs[(dataset, row)].append(result)
         print(f"[{number}/{len(jobs)}] done in {time.perf_counter() - started:.1f} s")
     summary = summarise(runs)
-    note = (f"Command: `{command_line}`. BS3LNet: {config.epochs} epochs, seeds {config.seeds}; AUC(D,F) is "
+    note = (f"Command: `{command_line}`. BS3LNet: {config.epochs} epochs, seeds {','.join(map(str, seeds))}; AUC(D,F) is "
             "the official AUC; RX and LRX are deterministic (one run). Best AUC(D,F) per scene in bold.")
     if interrupted:
         note += f" Interrupted during job {interrupted[0]} of {len(jobs)}: later jobs did not run."

@@ -6,14 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from config import result_folder
 from metrics import min_max, with_missing
 from results import write_results
 from scenes import scene_from_config
 from utils import UserError
-
-LRX_BORDER_NOTE = ("Near the edges both windows are clipped to the scene, so border pixels draw their background "
-                   "from fewer pixels (no padding, which would mirror a pixel into its own background).")
-
 
 def _pinv_rcond(bands):
     """Relative cutoff of the pseudo-inverses: numpy's rtol=None rule, max(M, N) * eps.
@@ -88,7 +85,7 @@ def lrx(hsi, win_in, win_out):
 
     Each pixel x is scored (x - mu)^T pinv(C) (x - mu), with mu and C (np.cov's 1/(n-1)) taken over the
     pixels of the win_out x win_out window centred on it minus its win_in x win_in inner window.
-    Near the edges both windows are clipped to the scene (see LRX_BORDER_NOTE).
+    Near the edges both windows are clipped to the scene (config.LRX_BORDER_NOTE).
     """
     hsi = np.asarray(hsi, np.float64)
     height, width, bands = hsi.shape
@@ -133,15 +130,14 @@ def detect_with_baseline(config, method):
     scene = scene_from_config(config)
     started = time.perf_counter()
     if method == "rx":
-        scores, folder, label = rx(scene.hsi, scene.missing), "rx", "RX"
+        scores, label = rx(scene.hsi, scene.missing), "RX"
     else:  # windows reaching into no-data see its fill (the nearest data spectra); its own scores are dropped below
-        scores = lrx(scene.hsi, config.win_in, config.win_out)
-        folder, label = f"lrx_{config.win_in}_{config.win_out}", f"LRX {config.win_in}/{config.win_out}"
-    info = dict(predict_config=vars(config), scene=scene.describe(),
+        scores, label = lrx(scene.hsi, config.win_in, config.win_out), f"LRX {config.win_in}/{config.win_out}"
+    info = dict(predict_config=config.as_dict(), scene=scene.describe(),
                 seconds=dict(inference=round(time.perf_counter() - started, 4)))
     note = lrx_singular_note(config.win_in, config.win_out, scene.hsi.shape[2]) if method == "lrx" else None
     if note:
         print(f"note: {note}")
         info["note"] = note
-    return write_results(config, folder, label, with_missing(min_max, scores, scene.missing).astype(np.float32),
+    return write_results(config, result_folder(config, method), label, with_missing(min_max, scores, scene.missing).astype(np.float32),
                          scene, None, info)

@@ -49,12 +49,16 @@ def data_pixels(values, missing):
 
 
 def auc_undefined(gt_map):
-    """Why the AUC of a map against `gt_map` is undefined (no map, no anomaly, no background), or None."""
+    """Why the AUC of a map against `gt_map` is undefined (no map, no anomaly, no background), or None.
+
+    `gt_map` is the H x W map, or the values at its data pixels only (flat, as `data_pixels` gives them).
+    """
     if gt_map is None:
         return "AUC undefined: the scene file has no ground-truth map"
     anomalies = int(np.sum(gt_map))
     if anomalies in (0, np.size(gt_map)):
-        return f"AUC undefined: the map has {'no anomaly' if anomalies == 0 else 'no background'} pixel"
+        where = " among the data pixels (no-data pixels are not scored)" if np.ndim(gt_map) == 1 else ""
+        return f"AUC undefined: the map has {'no anomaly' if anomalies == 0 else 'no background'} pixel{where}"
     return None
 
 

@@ -1,5 +1,4 @@
 """Prediction: score each pixel of a scene with a trained BS3LNet by its reconstruction error."""
-import hashlib
 import os
 import sys
 import time
@@ -7,26 +6,19 @@ import time
 import numpy as np
 import scipy.io
 
+from config import result_folder
 from imagery import write_cube
 from metrics import detection_map
 from model import load_checkpoint
 from results import write_results
-from runs import find_checkpoint, run_directory
+from runs import find_checkpoint
 from scenes import scene_from_config
-from scoring import score_reconstruction, scoring_name, single_scoring
+from scoring import score_reconstruction
 from utils import UserError, resolve_device, set_tf32
 
 
-def predict(config):
-    """Score every pixel of `config.dataset` with a trained BS3LNet; returns the metrics dict."""
-    scoring = single_scoring(config)
-    device = resolve_device(config.device, config.gpu_ids)
-    print(f"device: {device}")
-    set_tf32(config.tf32)
-    started = time.perf_counter()
-    scene = scene_from_config(config)
-    hsi = scene.hsi
-    path = find_checkpoint(config)
+def load_network(config, path, bands):
+    """The network of checkpoint `path` (and the checkpoint), checked against the scene's band count."""
     net, checkpoint = load_checkpoint(path)
     flags = dict(nch_ker=config.nch_ker, nblk=config.nblk, norm=config.norm_mode)
     trained = {key: net.args[key] for key in flags}
@@ -34,12 +26,25 @@ def predict(config):
         describe = lambda args: ", ".join(f"{k}={v}" for k, v in args.items())  # noqa: E731
         print(f"note: checkpoint {path} holds a network with {describe(trained)} (the flags say {describe(flags)}): "
               "using the checkpoint's")
-    if hsi.shape[2] != net.args["bands"]:
+    if bands != net.args["bands"]:
         raise UserError(f"checkpoint {path} was trained on {net.args['bands']} bands but {config.dataset} has "
-                        f"{hsi.shape[2]}: use a checkpoint trained on this scene")
+                        f"{bands}: use a checkpoint trained on this scene")
     if config.tile is not None and net.args["norm"] == "inorm":
         print("warning: --tile with an InstanceNorm network: each tile is normalised by its own statistics, "
               "so the tiled map differs from the whole-scene map; leave --tile out if memory allows", file=sys.stderr)
+    return net, checkpoint
+
+
+def predict(config):
+    """Score every pixel of `config.dataset` with a trained BS3LNet; returns the metrics dict."""
+    device = resolve_device(config.device, config.gpu_ids)
+    print(f"device: {device}")
+    set_tf32(config.tf32)
+    started = time.perf_counter()
+    scene = scene_from_config(config)
+    hsi = scene.hsi
+    path = find_checkpoint(config)
+    net, checkpoint = load_network(config, path, hsi.shape[2])
     loaded = time.perf_counter()
     reconstructed = score_reconstruction(net, hsi, device, config, scene.missing)
     inferred = time.perf_counter()
@@ -47,18 +52,12 @@ def predict(config):
         raise UserError(f"the network's reconstruction of {config.dataset} holds NaN or infinite values: the scene's "
                         f"values (largest {np.abs(hsi).max():.3g}) are beyond what the float32 network can take; "
                         "rescale the scene (and train on the rescaled scene)")
-    score_map = detection_map(hsi, reconstructed, scene.missing)
-    if config.checkpoint:  # named by the file and a digest of its full path: two runs' epoch_0003.pt differ
-        digest = hashlib.sha1(os.path.abspath(config.checkpoint).encode()).hexdigest()[:8]
-        folder = f"checkpoint_{os.path.splitext(os.path.basename(config.checkpoint))[0]}_{digest}"
-    else:
-        folder = os.path.join(os.path.basename(run_directory(config)), f"epoch_{config.epochs:04d}")
-    folder = "_".join(filter(None, [folder, scoring_name(config)]))
+    scoring = config.single_scoring
     scoring_info = dict(name=scoring) if scoring == "official" else dict(
         name=scoring, repeats=config.score_repeats, seed=config.seed, size_window=config.size_window,
         ratio=config.ratio)
     info = dict(scoring=scoring_info, checkpoint=os.path.abspath(path), epoch=checkpoint.get("epoch"),
-                model_args=net.args, train_config=checkpoint.get("config"), predict_config=vars(config),
+                model_args=net.args, train_config=checkpoint.get("config"), predict_config=config.as_dict(),
                 device=str(device), scene=scene.describe(),
                 seconds=dict(load=round(loaded - started, 4), inference=round(inferred - loaded, 4)))
     method = "BS3LNet" if scoring == "official" else f"BS3LNet (blind-spot scoring, R={config.score_repeats})"
@@ -68,4 +67,5 @@ def predict(config):
     else:  # placed like the scene, and written in blocks: a flight line's reconstruction is as big as the scene
         extra_files = {"reconstructed.tif":
                        lambda target: write_cube(target, reconstructed, scene.raster, scene.missing)}
-    return write_results(config, folder, method, score_map, scene, extra_files, info)
+    return write_results(config, result_folder(config, "bs3lnet"), method,
+                         detection_map(hsi, reconstructed, scene.missing), scene, extra_files, info)

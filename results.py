@@ -11,7 +11,7 @@ import scipy.io
 from figures import plot_detection_map, plot_roc, plot_roc_3d, plot_separation
 from imagery import write_map
 from metrics import auc_undefined, data_pixels, format_metrics_table, meaningless_map, metrics_3d
-from scenes import scene_name
+from scenes import scene_identity, scene_name
 from utils import atomic_write_text, follow_umask, sync_to_disk
 
 LATEST = "latest"  # <results_dir>/<dataset>/latest: a link to the folder of the latest results
@@ -25,7 +25,7 @@ def write_results(config, folder, method, score_map, scene, extra_files=None, in
     that folder in one step: a kill at any moment leaves each view one run's files, never a mixture.
     `extra_files` maps file names to functions writing such a file at a given path.
     """
-    dataset_dir = os.path.join(config.results_dir, scene_name(config.dataset))
+    dataset_dir = os.path.join(config.results_dir, scene_identity(config.data_dir, config.dataset))
     out_dir = os.path.join(dataset_dir, folder)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
     remove_abandoned_staging(os.path.dirname(out_dir))

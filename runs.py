@@ -5,8 +5,8 @@ import json
 import os
 import re
 
-from scenes import scene_name
-from imagery import ranges_text
+from config import run_name
+from scenes import scene_files, scene_identity, scene_name, scene_path
 from utils import UserError
 
 try:
@@ -21,21 +21,57 @@ LOCK_NAME = ".lock"
 
 
 def run_directory(config):
-    """The run's checkpoint folder, named by every setting that changes the trained weights (not epochs)."""
-    name = (f"p{config.patch}_w{config.size_window}_r{config.ratio}_k{config.nch_ker}_b{config.nblk}"
-            f"_{config.norm_mode}_{config.init_weight_type}{config.init_gain}_{config.lossm}"
-            f"_lr{config.learning_rate}_wd{config.weight_decay}_bs{config.batch_size}_seed{config.seed}")
-    if config.remask:
-        name += "_remask"
-    if config.patches_per_epoch:
-        name += f"_ppe{config.patches_per_epoch}"
-    if config.amp != "off":
-        name += f"_{config.amp}"
-    if config.drop_bands:
-        name += f"_drop{ranges_text(config.drop_bands, '+')}"
-    if config.keep_bad_bands:
-        name += "_allbands"
-    return os.path.join(config.checkpoints_dir, scene_name(config.dataset), name)
+    """The run's folder: <checkpoints_dir>/<scene identity>/<run name>, named by every flag that changes the
+    trained weights or the scene as read (config.run_name) and by the scene's contents (scene_identity)."""
+    return os.path.join(config.checkpoints_dir, scene_identity(config.data_dir, config.dataset), run_name(config))
+
+
+def locate_run(config):
+    """run_directory, after moving into it this scene's run from the folder it had when run folders were
+    named by the scene's file name alone (<checkpoints_dir>/<file name>/<run name>)."""
+    run_dir = run_directory(config)
+    earlier = os.path.join(config.checkpoints_dir, scene_name(config.dataset), run_name(config))
+    if earlier != run_dir and not os.path.exists(run_dir) and saved_epochs(earlier):
+        adopt_earlier_run(earlier, run_dir, config)
+    return run_dir
+
+
+def adopt_earlier_run(earlier, run_dir, config):
+    """Move a run folder of the file-name layout to `run_dir` if its log shows it was trained on this very file,
+    unchanged since."""
+    recorded = logged_config(log_path(earlier)) or {}
+    first_saved = os.path.getmtime(checkpoint_path(earlier, saved_epochs(earlier)[0]))
+    try:  # the file the run was trained on is this scene's file, unchanged since the run's first checkpoint
+        path = scene_path(config.data_dir, config.dataset)
+        same = os.path.samefile(scene_path(recorded["data_dir"], recorded["dataset"]), path) and \
+            all(os.path.getmtime(file) <= first_saved for file in scene_files(path))
+    except (KeyError, TypeError, UserError, OSError):  # no log, or its scene is no longer where it was
+        same = False
+    if not same:
+        print(f"note: {earlier} holds a run of a scene named {scene_name(config.dataset)}, trained before run folders "
+              f"were named by the scene's contents; it cannot be told to be this scene's, so it stays there (move it "
+              f"to {run_dir} if it is)")
+        return
+    owner = lock_owner(earlier)
+    if owner is not None:
+        raise UserError(f"another training (process {owner}) is using {earlier}: wait for it to end")
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    os.rename(earlier, run_dir)
+    print(f"note: moved the run in {earlier} to {run_dir} (run folders are now named by the scene's contents)")
+
+
+def find_checkpoint(config):
+    """The checkpoint predict loads: --checkpoint if given, else epoch --epochs of the run these flags describe."""
+    if config.checkpoint:
+        return config.checkpoint
+    run_dir = locate_run(config)
+    path = checkpoint_path(run_dir, config.epochs)
+    if not os.path.exists(path):
+        found = saved_epochs(run_dir)
+        hint = (f"it has epochs {', '.join(map(str, found))}: pass one as --epochs" if found
+                else "train with the same flags first, or pass --checkpoint PATH")
+        raise UserError(f"no checkpoint for epoch {config.epochs} in {run_dir}: {hint}")
+    return path
 
 
 def checkpoint_path(run_dir, epoch):
@@ -56,6 +92,16 @@ def log_header(config, model_args, parameters):
     """The log's first lines: the configuration and the network, as comments, then the column names."""
     return (f"# config {json.dumps(config, sort_keys=True)}\n# model {json.dumps(model_args)} parameters "
             f"{parameters}\n" + "\t".join(LOG_COLUMNS) + "\n")
+
+
+def logged_config(path):
+    """The configuration a training log records on its first line, or None (no log, or no such line)."""
+    try:
+        with open(path) as log:
+            first = log.readline()
+    except OSError:
+        return None
+    return json.loads(first[len("# config "):]) if first.startswith("# config ") else None
 
 
 def log_row(epoch, loss, seconds, auc=None):
@@ -88,6 +134,19 @@ def remove_temporary_files(folder):
     """Delete the `.tmp-*` files that a killed process left in `folder` (call while holding its lock)."""
     for path in glob.glob(os.path.join(folder, ".tmp-*")):
         os.remove(path)
+
+
+def lock_owner(run_dir):
+    """The process id holding `run_dir`'s lock (a training using it), or None."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    if fcntl is None or not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "?"
+    return None
 
 
 @contextlib.contextmanager
@@ -129,15 +188,3 @@ def run_lock(run_dir):
                     os.rmdir(folder)
     finally:
         handle.close()
-def find_checkpoint(config):
-    """--checkpoint if given, else the checkpoint of epoch --epochs of the run these flags describe."""
-    if config.checkpoint:
-        return config.checkpoint
-    run_dir = run_directory(config)
-    path = checkpoint_path(run_dir, config.epochs)
-    if not os.path.exists(path):
-        found = saved_epochs(run_dir)
-        hint = (f"it has epochs {', '.join(map(str, found))}: pass one as --epochs" if found
-                else "train with the same flags first, or pass --checkpoint PATH")
-        raise UserError(f"no checkpoint for epoch {config.epochs} in {run_dir}: {hint}")
-    return path

@@ -1,11 +1,14 @@
 """Scenes as the tool uses them: a .mat, ENVI or GeoTIFF file (or the built-in synthetic scene) read into
 an H x W x B cube, its ground truth, its no-data pixels filled as context, and its identity."""
+import functools
+import hashlib
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from imagery import RASTER_SUFFIXES, Raster, read_raster_map, read_raster_scene, select_bands
+from imagery import (ENVI_SUFFIXES, RASTER_SUFFIXES, Raster, envi_data_file, read_raster_map, read_raster_scene,
+                     select_bands)
 from matfile import binary_map, read_mat_map, read_mat_scene
 from utils import UserError
 
@@ -46,8 +49,8 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop
     `dataset` is `synthetic`, a name in `data_dir` or a path, of a .mat file (matfile.read_mat_scene), an
     ENVI header or a (Geo)TIFF (imagery.read_raster_scene). `gt_file` (a path, or a name in `data_dir`)
     is a ground-truth map in a file of its own (.mat, ENVI or TIFF), used instead of one inside the
-    scene's file. `drop_bands` are 1-based band numbers left out; an ENVI file's bbl bad bands are left
-    out too unless `keep_bad_bands`.
+    scene's file. `drop_bands` are (low, high) ranges of 1-based band numbers left out; bands the file
+    flags as bad are left out too unless `keep_bad_bands`.
     """
     if dataset == SYNTHETIC:
         hsi, gt = synthetic_scene()
@@ -65,15 +68,15 @@ def load_scene(data_dir, dataset, data_key=None, gt_key=None, gt_file=None, drop
             scene = Scene(hsi, None, missing if missing.any() else None, bands, raster, path)
             check_missing(scene)
     if drop_bands:
-        print(f"using {len(scene.bands)} bands of {scene.path or dataset} (--drop_bands left out {len(drop_bands)})")
-    if keep_bad_bands and (scene.raster is None or scene.raster.kind != "envi"):
-        print(f"note: --keep_bad_bands changes nothing for {scene.path or dataset}: only ENVI headers flag bad "
-              "bands (bbl)")
+        dropped = sum(high - low + 1 for low, high in drop_bands)
+        print(f"using {len(scene.bands)} bands of {scene.path or dataset} (--drop_bands left out {dropped})")
+    if keep_bad_bands and scene.raster is None:  # ENVI and TIFF scenes say so as they are read
+        print(f"note: --keep_bad_bands changes nothing for {scene.path or dataset}: it flags no bad band (ENVI "
+              "and GeoTIFF files can, with a bbl)")
     if gt_file is not None:
         if scene.gt is not None:
             print(f"note: using the ground truth in {gt_file}, not the map inside {scene.path}")
-        found = gt_file if os.path.isfile(gt_file) else os.path.join(data_dir, gt_file)
-        scene.gt = read_map_file(found, scene.hsi.shape[:2], gt_key)
+        scene.gt = read_map_file(gt_file_path(data_dir, gt_file), scene, gt_key)
     return scene
 
 
@@ -129,16 +132,25 @@ def fill_missing(hsi, missing):
         flat[targets[part]] = flat[sources[part]]
 
 
-def read_map_file(path, shape, gt_key=None):
-    """A 0/1 ground-truth map of an H x W scene from a file of its own: .mat, ENVI .hdr or TIFF."""
+def read_map_file(path, scene, gt_key=None):
+    """A 0/1 ground-truth map of `scene` from a file of its own: .mat, ENVI .hdr or TIFF (on the scene's grid
+    where both are placed on the ground). A note says when every anomaly or background pixel is no-data."""
     if not os.path.isfile(path):
         raise UserError(f"ground-truth file {path} not found: pass the path to a .mat, .hdr or .tif map, or its "
                         "name in --data_dir")
+    shape = scene.hsi.shape[:2]
     if path.lower().endswith(".mat"):
-        return read_mat_map(path, gt_key, shape)
-    if not path.lower().endswith(RASTER_SUFFIXES):
+        gt = read_mat_map(path, gt_key, shape)
+    elif path.lower().endswith(RASTER_SUFFIXES):
+        gt = binary_map(path, "band 1", read_raster_map(path, shape, scene.raster, scene.path))
+    else:
         raise UserError(f"--gt_file {path}: use a .mat, .hdr, .tif or .tiff file")
-    return binary_map(path, "band 1", read_raster_map(path, shape))
+    for value, kind in ((1, "anomaly"), (0, "background")):
+        marked = gt == value
+        if scene.missing is not None and marked.any() and scene.missing[marked].all():
+            print(f"note: every {kind} pixel of the map {path} ({int(marked.sum())}) is no-data in {scene.path}: "
+                  "no AUC can be computed (no-data pixels are not scored)")
+    return gt
 
 
 def scene_name(dataset):
@@ -171,11 +183,10 @@ def scene_path(data_dir, dataset):
                             "with --data_dir set to the folder")
         if os.path.isfile(path):
             return path
-    found = [os.path.basename(dataset) + suffix for suffix in RASTER_SUFFIXES
-             if not suffixed and os.path.isfile(os.path.join(data_dir, dataset + suffix))]
-    if found:
-        raise UserError(f"scene {dataset} is not a .mat file in {data_dir}, but {found[0]} is: pass "
-                        f"--dataset {found[0]}")
+    found = [dataset + suffix for suffix in RASTER_SUFFIXES if not suffixed and (
+        os.path.isfile(dataset + suffix) or os.path.isfile(os.path.join(data_dir, dataset + suffix)))]
+    if found:  # named as --dataset finds it: a path, or a name in --data_dir
+        raise UserError(f"scene {dataset} names no .mat file, but {found[0]} is a scene: pass --dataset {found[0]}")
     raise UserError(f"scene file {in_data_dir} not found: put {os.path.basename(in_data_dir)} in {data_dir} "
                     "(or pass --data_dir, or a path to a .mat, .hdr or .tif file as --dataset), or use "
                     "--dataset synthetic")
@@ -211,3 +222,51 @@ def synthetic_scene(height=40, width=48, bands=32, seed=0):
         hsi[block] = (1 - fraction) * hsi[block] + fraction * target
         gt[block] = 1
     return (400.0 * hsi).astype(np.float32), gt
+
+
+def gt_file_path(data_dir, gt_file):
+    """The file --gt_file names: a path, or a name in --data_dir."""
+    return gt_file if os.path.isfile(gt_file) else os.path.join(data_dir, gt_file)
+
+
+def scene_identity(data_dir, dataset):
+    """The scene's folder name in checkpoints and results: its file name and a digest of its contents.
+
+    Contents, not the path: two files named alike in different folders get folders of their own, a
+    scene moved or reached another way (a name in --data_dir, a path) keeps its runs, and a file
+    replaced by another scene gets new runs instead of its predecessor's. The built-in scene is
+    'synthetic'.
+    """
+    if dataset == SYNTHETIC:
+        return SYNTHETIC
+    path = scene_path(data_dir, dataset)
+    return f"{scene_name(path)}-{file_fingerprint(scene_files(path))[:8]}"
+
+
+def scene_files(path):
+    """The files a scene is read from: an ENVI header and its data file, or the one .mat / TIFF file."""
+    data_file = envi_data_file(path) if path.lower().endswith(ENVI_SUFFIXES) else None
+    return [path] + ([data_file] if data_file else [])
+
+
+def file_fingerprint(paths):
+    """A hex digest (BLAKE2b) of the files' contents, read in 1 MiB blocks; remembered per path, size and
+    modification time, so a process hashes a file once."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        digest.update(_file_digest(os.path.realpath(path), *_stamp(path)))
+    return digest.hexdigest()
+
+
+def _stamp(path):
+    status = os.stat(path)
+    return status.st_size, status.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path, size, mtime_ns):
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2 ** 20), b""):
+            digest.update(block)
+    return digest.digest()

@@ -12,26 +12,8 @@ from scenes import fill_sources
 from model import reconstruct
 from utils import UserError
 
-SCORINGS = ("official", "blindspot")
 # Redraws of a source that fell inside its own group (a few % of draws) before giving up on a pixel.
 MAX_REDRAWS = 64
-
-
-def scorings(text):
-    """The --scoring list: names from SCORINGS, comma-separated (one for predict and train)."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SCORINGS]
-    if unknown or not names:
-        raise UserError(f"unknown --scoring '{text}': use {' or '.join(SCORINGS)}")
-    return names
-
-
-def single_scoring(config):
-    """The one scoring `config` asks for."""
-    names = scorings(config.scoring)
-    if len(names) > 1:
-        raise UserError(f"--scoring {config.scoring}: give one scoring here (a list only for --command benchmark)")
-    return names[0]
 
 
 def group_count(ratio):
@@ -127,12 +109,7 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
 
 def score_reconstruction(net, hsi, device, config, missing=None):
     """The reconstruction that `config.scoring` scores: official (whole scene, every pixel shown) or blindspot."""
-    if single_scoring(config) == "official":
+    if config.single_scoring == "official":
         return reconstruct(net, hsi, device, config.tile, config.amp)
     return blindspot_reconstruct(net, hsi, device, config.size_window, config.ratio, config.seed,
                                  config.score_repeats, config.tile, config.amp, missing)
-
-
-def scoring_name(config):
-    """How results name the scoring: '' for official, e.g. 'blindspot_r4' otherwise."""
-    return "" if single_scoring(config) == "official" else f"blindspot_r{config.score_repeats}"

@@ -1,11 +1,11 @@
 """Training: blind-spot patch pairs -> masked reconstruction loss -> Adam, with checkpoints and a log."""
-import argparse
 import contextlib
 import copy
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
@@ -16,9 +16,9 @@ from scenes import scene_from_config
 from figures import plot_training_curve
 from metrics import auc_score, auc_undefined, data_pixels, detection_map
 from model import BS3LNet, init_weights
-from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, log_header, log_path, log_row,
-                  remove_temporary_files, run_directory, run_lock, saved_epochs)
-from scoring import score_reconstruction, single_scoring
+from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, locate_run, log_header, log_path, log_row,
+                  remove_temporary_files, run_lock, saved_epochs)
+from scoring import score_reconstruction
 from utils import UserError, atomic_write, atomic_write_text, autocast, command_line, seed_everything, set_tf32
 
 # The batch order has a random stream of its own, seeded apart from the masks' stream.
@@ -77,10 +77,32 @@ def train_epoch(net, optimizer, scaler, sampler, batches, config, desc):
     return distributed.mean_over_processes(loss_sum).item() / len(batches)
 
 
+@dataclass
+class TrainingSession:
+    """What training carries from epoch to epoch: the scene's sampler, the network and its optimiser, the
+    random streams, the masks drawn once (None with --remask), and the losses and AUCs so far."""
+    sampler: BlindSpotSampler
+    scene: object
+    net: BS3LNet
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generators: dict
+    masks: tuple = None
+    patches: int = 0
+    first_epoch: int = 1
+    losses: list = field(default_factory=list)
+    aucs: dict = field(default_factory=dict)
+
+    def train_batches(self, config, desc, max_batches=None):
+        """Train one epoch (or its first `max_batches` batches); returns the mean batch loss."""
+        return train_epoch(self.net, self.optimizer, self.scaler, self.sampler,
+                           epoch_batches(self, config)[:max_batches], config, desc)
+
+
 def training_state(session, config, epoch):
     """A checkpoint: everything `predict` needs, and everything `--resume` needs to continue exactly."""
     return copy.deepcopy(dict(
-        model=session.net.state_dict(), model_args=session.net.args, config=vars(config), epoch=epoch,
+        model=session.net.state_dict(), model_args=session.net.args, config=config.as_dict(), epoch=epoch,
         losses=list(session.losses), aucs=dict(session.aucs), optimizer=session.optimizer.state_dict(),
         scaler=session.scaler.state_dict(),
         generators={name: g.get_state() for name, g in session.generators.items()}))
@@ -106,13 +128,6 @@ def trim_log(path, last_epoch):
     kept = [line for line in lines if not is_row(line) or int(line.split("\t")[0]) <= last_epoch]
     kept.append(f"# resumed after epoch {last_epoch}")
     atomic_write_text(path, "\n".join(kept) + "\n")
-
-
-def validate(config):
-    """Checks across flags (each flag's own range is checked when it is parsed)."""
-    if config.resume and config.overwrite:
-        raise UserError("--resume and --overwrite contradict each other: pass one")
-    single_scoring(config)
 
 
 def auc_tracker(config, sampler, gt, missing):
@@ -182,8 +197,7 @@ def set_up(config, device, resumed):
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate, betas=(0.5, 0.999),
                                  weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    session = argparse.Namespace(sampler=sampler, scene=scene, net=net, optimizer=optimizer, scaler=scaler,
-                                 generators=generators, losses=[], aucs={}, first_epoch=1)
+    session = TrainingSession(sampler, scene, net, optimizer, scaler, generators)
     if resumed is not None:
         try:
             net.load_state_dict(resumed["model"])
@@ -238,7 +252,7 @@ def start_log(run_dir, config, session):
         print(f"--overwrite: removed {len(old_files)} files of the earlier run in {run_dir}" if config.overwrite
               else f"note: an earlier start in {run_dir} left no checkpoint: starting anew")
     parameters = sum(p.numel() for p in session.net.parameters())
-    atomic_write_text(log_path(run_dir), log_header(vars(config), session.net.args, parameters))
+    atomic_write_text(log_path(run_dir), log_header(config.as_dict(), session.net.args, parameters))
 
 
 def run_epochs(run_dir, config, session, after_epoch):
@@ -252,8 +266,7 @@ def run_epochs(run_dir, config, session, after_epoch):
     try:
         for epoch in range(session.first_epoch, config.epochs + 1):
             epoch_start = time.perf_counter()
-            loss = train_epoch(session.net, session.optimizer, session.scaler, session.sampler,
-                               epoch_batches(session, config), config, f"epoch {epoch}/{config.epochs}")
+            loss = session.train_batches(config, f"epoch {epoch}/{config.epochs}")
             seconds = time.perf_counter() - epoch_start
             if not math.isfinite(loss):
                 raise UserError(f"the training loss became {loss} in epoch {epoch}: the scene's values (largest "
@@ -313,7 +326,6 @@ def train(config, after_epoch=None):
 
     `after_epoch(epoch, net, loss)`, if given, is called after each epoch (the net is left in train mode).
     """
-    validate(config)
     device = distributed.setup(config.device, config.gpu_ids)
     is_main = distributed.rank() == 0
     if is_main:
@@ -324,14 +336,14 @@ def train(config, after_epoch=None):
     set_tf32(config.tf32)
     if config.dry_run:
         return dry_run(config, device)
-    run_dir = run_directory(config)
+    run_dir = locate_run(config)
     with run_lock(run_dir) if is_main else contextlib.nullcontext():
         try:
             resumed = open_run(run_dir, config, is_main)
         except AlreadyTrained as done:
             if is_main:
                 print(done)
-            return torch.load(checkpoint_path(run_dir, config.epochs), weights_only=True)["losses"]
+            return torch.load(checkpoint_path(run_dir, config.epochs), map_location="cpu", weights_only=True)["losses"]
         session = set_up(config, device, resumed)
         if is_main:
             start_log(run_dir, config, session)
@@ -341,8 +353,7 @@ def train(config, after_epoch=None):
 def dry_run(config, device):
     """Train one batch to check the data and settings; save nothing."""
     session = set_up(config, device, None)
-    loss = train_epoch(session.net, session.optimizer, session.scaler, session.sampler,
-                       epoch_batches(session, config)[:1], config, "dry run")
+    loss = session.train_batches(config, "dry run", max_batches=1)
     if distributed.rank() == 0:
         print(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
     return [loss]
@@ -355,7 +366,7 @@ def ensure_trained(config):
     of a longer run are the same weights), a shorter run is extended, and a longer run without a
     checkpoint of epoch N is an error that names the epochs it has.
     """
-    run_dir = run_directory(config)
+    run_dir = locate_run(config)
     epochs = saved_epochs(run_dir)
     if config.overwrite:
         train(config)
@@ -363,7 +374,7 @@ def ensure_trained(config):
         print(f"reusing epoch {config.epochs} of the trained run {run_dir}")
     elif epochs and epochs[-1] < config.epochs:
         print(f"extending the run in {run_dir} from epoch {epochs[-1]} to {config.epochs}")
-        train(argparse.Namespace(**{**vars(config), "resume": True, "overwrite": False}))
+        train(replace(config, resume=True, overwrite=False))
     elif epochs:
         raise UserError(longer_run_message(run_dir, config.epochs, epochs))
     else:

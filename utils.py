@@ -24,11 +24,12 @@ def seed_everything(seed):
 
 
 def resolve_device(device, gpu_ids="0"):
-    """Turn `auto|cpu|cuda|cuda:N` into a torch.device; auto picks cuda:<gpu_ids> when available."""
+    """Turn `auto|cpu|cuda|cuda:N` into a torch.device, a GPU always with its index (cuda:0, never cuda);
+    auto picks cuda:<first of gpu_ids> when CUDA is available, else the CPU."""
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{str(gpu_ids).split(',')[0]}")
-        return torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = f"cuda:{str(gpu_ids).split(',')[0].strip()}"
     try:
         resolved = torch.device(device)
     except RuntimeError:
@@ -39,7 +40,8 @@ def resolve_device(device, gpu_ids="0"):
         index = resolved.index or 0
         if index >= torch.cuda.device_count():
             raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    elif resolved.type != "cpu":
+        return torch.device("cuda", index)
+    if resolved.type != "cpu":
         raise UserError(f"unsupported --device '{device}': use auto, cpu, cuda or cuda:N")
     return resolved
 

@@ -15,7 +15,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from main import build_parser  # noqa: E402
+from config import parse_config  # noqa: E402
 from runs import log_path, read_log  # noqa: E402
 from train import train  # noqa: E402
 
@@ -30,7 +30,7 @@ def main():
     aucs, seconds = {}, {}
     for amp in ("off", "bf16"):
         with tempfile.TemporaryDirectory() as tmp:
-            config = build_parser().parse_args([
+            config = parse_config([
                 "--dataset", args.dataset, "--data_dir", args.data_dir, "--checkpoints_dir", tmp,
                 "--epochs", str(args.epochs), "--seed", str(args.seed), "--device", "cpu", "--amp", amp,
                 "--eval_every", "1"])

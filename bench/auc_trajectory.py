@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from scenes import load_scene  # noqa: E402
-from main import build_parser  # noqa: E402
+from config import parse_config  # noqa: E402
 from model import reconstruct  # noqa: E402
 from train import train  # noqa: E402
 from metrics import auc_score, detection_map  # noqa: E402
@@ -52,7 +52,7 @@ def main():
                 aucs[epoch] = auc_score(gt, detection_map(hsi, reconstruct(net, hsi, "cpu")))
 
         with tempfile.TemporaryDirectory() as tmp:
-            config = build_parser().parse_args([
+            config = parse_config([
                 "--dataset", "HYDICE-II", "--data_dir", args.data_dir, "--checkpoints_dir", tmp,
                 "--epochs", str(args.epochs), "--seed", str(seed), "--device", "cpu"])
             train(config, after_epoch=score)

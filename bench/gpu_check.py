@@ -1,26 +1,31 @@
-"""All the GPU checks in one call: the CUDA tests, speed per precision, concurrent trainings, and the paper's
-three scenes trained with the default flags.
+"""All the GPU checks in one call: the CUDA tests, the paper's three scenes trained with the default flags,
+speed per precision and setting, and concurrent trainings.
 
 Here, once:          python bench/gpu_check.py --prepare     (copies the scenes from ../shared to bench/device_data/)
 Here, to prove it:   python bench/gpu_check.py --cpu-smoke   (the same steps on CPU with tiny sizes, ~3 minutes)
 On the GPU machine, as the device tool's run (repository root, carry ["bench/device_data"], timeout_s 600):
 
-    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --budget-s 480
+    PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --budget-s 530
 
-Steps, each with a deadline so that the whole call ends within --budget-s:
- 1. tests: tests/test_gpu.py and, beside it, the rest of the suite (-x), with BS3LNET_SHARED=bench/device_data;
- 2. speed: bench/speed.py on AVIRIS-II_CNND (100 x 100 x 189) in fp32, tf32, bf16 and fp16;
- 3. concurrency: 1, 2 and 3 trainings of HYDICE-II at once on the one GPU: steps per second in all;
- 4. runs: HYDICE-II, AVIRIS-I_CNND and AVIRIS-II_CNND with the default flags (fp32), seed 1, 1000 epochs,
-    --eval_every 50, all at once when step 3 found that faster (or did not run), else one after another;
-    a training still running at its deadline gets SIGINT (it saves its last epoch and exits 130), then
-    --command predict scores the last saved epoch.
+Steps, each with a deadline so that the whole call ends within --budget-s (a step may overrun its deadline by
+GRACE_S at most, which the later steps absorb):
+ 1. tests: tests/test_gpu.py alone (the CPU suite runs in CI, not on scarce GPU time);
+ 2. runs, the call's main job: the default flags (fp32), seed 1, --epochs 1000 --eval_every 50; HYDICE-II
+    alone first, then AVIRIS-I_CNND and AVIRIS-II_CNND together in the training time left. A training still
+    running at its deadline gets SIGINT (it saves its last epoch and exits 130), then --command predict
+    scores each scene's last saved epoch; every scene is reported with the epoch it reached;
+ 3. speed: AVIRIS-II_CNND (100 x 100 x 189) in fp32, tf32, bf16 and fp16, each in the faithful default
+    (deterministic cuDNN, channels-last: what every training runs) and, beside it, with cudnn.benchmark on
+    in channels-last and in contiguous layout; s/step from steady epochs, predict timed after a warm-up;
+ 4. concurrency: 1, 2 and 3 trainings of HYDICE-II at once on the one GPU: steps per second in all, i.e.
+    whether the scenes of a later call should train together.
 
 Output, in $OUT when set (the device tool brings back at most 8 files), else in bench/out/gpu_check/:
-summary.md and summary.json (rewritten after each step), pytest_gpu.log, pytest_suite.log, speed.log, and
-runs.tar.gz (every training's and prediction's output, train_log.tsv, metrics.json and figures).
+summary.md and summary.json (rewritten after each step), pytest_gpu.log, speed.log, and runs.tar.gz
+(every training's and prediction's log, train_log.tsv, metrics.json and figures).
 """
 import argparse
+import dataclasses
 import glob
 import json
 import math
@@ -38,42 +43,53 @@ import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
+from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from runs import log_path, read_log, saved_epochs  # noqa: E402
 DEVICE_DATA = os.path.join(ROOT, "bench", "device_data")
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-SCENES = ("HYDICE-II", "AVIRIS-I_CNND", "AVIRIS-II_CNND")
-# Also carried for the rest of the test suite: San Diego (memory and RX tests) and the anomaly counts in
-# the data README (loading tests).
-SUITE_DATA = ("sandiego-100x100x189-58px.mat", "README.md")
+SCENES = ("HYDICE-II", "AVIRIS-I_CNND", "AVIRIS-II_CNND")  # the first trains alone, then the others together
 SPEED_SCENE = "AVIRIS-II_CNND"  # 100 x 100 x 189, the size of the README's speed table
 CONCURRENCY_SCENE = "HYDICE-II"
-PHASES = ("tests", "speed", "concurrency", "runs")
-AT_ONCE_GAIN = 1.1  # trainings run at once only if that beats one training by more than timing noise
+PHASES = ("tests", "runs", "speed", "concurrency")
+# The mode's seconds that each step keeps from the steps before it (the runs: their least training time and
+# their predictions).
+RESERVES = dict(tests=("tests_s",), runs=("runs_min_s", "predict_s"), speed=("speed_s",),
+                concurrency=("concurrency_s",))
+AT_ONCE_GAIN = 1.1  # trainings at once count as faster only if they beat one training by more than timing noise
 GRACE_S = 30  # after SIGINT: time to save a checkpoint (or print a test summary) before SIGKILL
 FINISH_S = 10  # kept at the end of the budget for the summary and the archive
-TINY_FLAGS = ["--patch", "5", "--size_window", "3", "--nch_ker", "8", "--nblk", "1", "--batch_size", "32",
-              "--patches_per_epoch", "64"]
+TINY_FLAGS = ["--patch", "5", "--size_window", "3", "--nch_ker", "8", "--nblk", "1", "--batch_size", "32"]
+# (name, cudnn.benchmark, layout): the faithful default first, then the fastest settings that compute the same.
+SPEED_SETTINGS = (("default", False, "channels-last"), ("cudnn.benchmark", True, "channels-last"),
+                  ("cudnn.benchmark, contiguous", True, "contiguous"))
+SPEED_EPOCHS = 4  # the first untimed
+PREDICT_REPEATS = 3
 
 # What differs between the GPU run and the CPU smoke run; every step runs the same code in both.
 MODES = {
     "gpu": dict(
-        device="cuda", budget_s=480, precisions=("fp32", "tf32", "bf16", "fp16"), speed_steps=100,
-        train_flags=[], processes=(1, 2, 3), concurrency_epochs=None, epochs=1000, eval_every=50,
-        gpu_tests=["tests/test_gpu.py"], suite=["-x", "--ignore=tests/test_gpu.py"],
-        tests_s=170, speed_s=45, concurrency_s=80, runs_min_s=120, predict_s=45),
+        device="cuda", budget_s=530, tests=["tests/test_gpu.py"], train_flags=[], epochs=1000, eval_every=50,
+        precisions=("fp32", "tf32", "bf16", "fp16"), speed_flags=[], speed_steps=40, processes=(1, 2, 3),
+        concurrency_epochs=None, tests_s=120, runs_min_s=30, predict_s=45, speed_s=90, concurrency_s=60),
     "cpu-smoke": dict(
-        device="cpu", budget_s=180, precisions=("fp32", "tf32", "bf16"), speed_steps=2,  # no fp16 on CPU
-        # More epochs than fit in the budget: the runs take the deadline's SIGINT, save, predict path, as the
-        # larger scenes will on the GPU.
-        train_flags=TINY_FLAGS, processes=(1, 2), concurrency_epochs=10, epochs=5000, eval_every=250,
-        gpu_tests=["tests/test_gpu.py"], suite=["-x", "tests/test_gpu.py"],
-        tests_s=90, speed_s=40, concurrency_s=60, runs_min_s=30, predict_s=45),
+        # Epochs that HYDICE-II completes and the two larger scenes do not: the later scenes start, and take
+        # the deadline's SIGINT, save, predict path, as they may on the GPU.
+        device="cpu", budget_s=240, tests=["tests/test_gpu.py"], train_flags=TINY_FLAGS, epochs=20, eval_every=5,
+        precisions=("fp32", "bf16"), speed_flags=TINY_FLAGS, speed_steps=5, processes=(1, 2),  # no fp16 on CPU
+        concurrency_epochs=3, tests_s=60, runs_min_s=10, predict_s=45, speed_s=60, concurrency_s=45),
 }
-CONCURRENCY_TARGET_S = 5  # training seconds of one process alone; the epoch count is sized from step 2
-CONCURRENCY_DEFAULT_EPOCHS = 20  # when step 2 did not run
+CONCURRENCY_TARGET_S = 5  # training seconds of one process alone; the epoch count is sized from the runs
+CONCURRENCY_DEFAULT_EPOCHS = 20  # when the runs did not measure the scene
+
+
+def default_sigint():
+    """In each child, before it starts: Ctrl-C's default disposition. A launcher that starts this script with
+    SIGINT ignored passes that on, and Python installs no KeyboardInterrupt handler for an ignored SIGINT: a
+    training would not save at its deadline."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Job:
@@ -85,7 +101,7 @@ class Job:
             handle.write(f"$ {shlex.join(command)}\n")
             handle.flush()
             self.process = subprocess.Popen(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=default_sigint)
         self.started = time.monotonic()
         self.seconds = None
         self.interrupted = False
@@ -141,17 +157,24 @@ def read_train_log(run_dir):
     return read_log(path) if path and os.path.exists(path) else []
 
 
-def run_folder(checkpoints_dir, scene):
-    """The one run folder under <checkpoints_dir>/<scene>/, or None before the training made it."""
-    found = sorted(glob.glob(os.path.join(checkpoints_dir, scene, "*", "")))
+def run_folder(checkpoints_dir):
+    """The one run folder, <checkpoints_dir>/<scene>/<run>/, of a training that had `checkpoints_dir` to itself;
+    None before the training made it."""
+    found = sorted(glob.glob(os.path.join(checkpoints_dir, "*", "*", "")))
+    return found[0] if found else None
+
+
+def latest_results(results_dir):
+    """<results_dir>/<scene>/latest/ of a prediction that had `results_dir` to itself; None before it wrote one."""
+    found = sorted(glob.glob(os.path.join(results_dir, "*", "latest", "")))
     return found[0] if found else None
 
 
 def steps_per_epoch(scene, data_dir, train_flags):
     """Training steps per epoch of `scene` with `train_flags` (read from the flags and the scene's size)."""
     import scipy.io
-    from main import build_parser
-    config = build_parser().parse_args(train_flags)
+    from config import parse_config
+    config = parse_config(train_flags)
     shape = dict((name, shape) for name, shape, _ in scipy.io.whosmat(os.path.join(data_dir, scene + ".mat")))
     patches = config.patches_per_epoch or shape["data"][0] * shape["data"][1]
     return math.ceil(patches / config.batch_size)
@@ -181,20 +204,17 @@ def duration(seconds):
 
 
 def prepare():
-    """Copy the scenes, the suite's data and the reference fixtures from ../shared to bench/device_data/."""
-    files = [("data", name + ".mat") for name in SCENES] + [("data", name) for name in SUITE_DATA]
-    files += [("reference", os.path.basename(path)) for pattern in ("*.npz", "*.json")
-              for path in glob.glob(os.path.join(SHARED, "reference", pattern))]
+    """Copy the three scenes from ../shared/data to bench/device_data/data/ (tests/test_gpu.py needs nothing more)."""
+    os.makedirs(os.path.join(DEVICE_DATA, "data"), exist_ok=True)
     total = 0
-    for folder, name in files:
-        source = os.path.join(SHARED, folder, name)
+    for scene in SCENES:
+        source = os.path.join(SHARED, "data", scene + ".mat")
         if not os.path.isfile(source):
             sys.exit(f"error: {source} not found: --prepare copies from ../shared beside the repository")
-        os.makedirs(os.path.join(DEVICE_DATA, folder), exist_ok=True)
-        shutil.copyfile(source, os.path.join(DEVICE_DATA, folder, name))  # not copy2: the sources are read-only
+        shutil.copyfile(source, os.path.join(DEVICE_DATA, "data", scene + ".mat"))  # not copy2: read-only sources
         total += os.path.getsize(source)
-    print(f"copied {len(files)} files ({total / 2 ** 20:.1f} MiB) to {DEVICE_DATA}")
-    print('device command: PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --budget-s 480   '
+    print(f"copied {len(SCENES)} scenes ({total / 2 ** 20:.1f} MiB) to {DEVICE_DATA}")
+    print(f'device command: PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --budget-s {MODES["gpu"]["budget_s"]}   '
           '(carry ["bench/device_data"], timeout_s 600)')
 
 
@@ -205,7 +225,7 @@ class Check:
         self.mode_name, self.mode = mode_name, MODES[mode_name]
         self.device = self.mode["device"]
         # CPU threads of each training, the same however many run at once, so that only their number varies.
-        self.threads = threads_each(max(max(self.mode["processes"]), len(SCENES)))
+        self.threads = threads_each(max(max(self.mode["processes"]), len(SCENES) - 1))
         self.start = time.monotonic()
         self.end = self.start + budget_s
         self.phases = phases
@@ -232,162 +252,191 @@ class Check:
     def stop_all(self):
         wait_all([job for job in self.jobs if job.poll() is None], time.monotonic())
 
-    def deadline(self, seconds):
-        """For the steps before the runs: `seconds` from now, but leaving the runs their least training time,
-        their predictions and the summary (monotonic time)."""
-        reserve = self.mode["predict_s"] + FINISH_S + (self.mode["runs_min_s"] if "runs" in self.phases else 0)
+    def deadline(self, phase, seconds=math.inf):
+        """`seconds` from now, but leaving the steps after `phase` their reserved time and the summary its
+        FINISH_S (monotonic time)."""
+        later = self.phases[self.phases.index(phase) + 1:]
+        reserve = FINISH_S + sum(self.mode[key] for name in later for key in RESERVES[name])
         return min(time.monotonic() + seconds, self.end - reserve)
 
     # -- 1. tests -------------------------------------------------------------------------------------
 
     def tests(self):
         pytest = ["-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider"]
-        jobs = {}
-        for name, args in (("gpu", self.mode["gpu_tests"]), ("suite", self.mode["suite"])):
-            # Two pytest processes at once: the GPU tests and the rest of the (mostly CPU) suite.
-            env = child_env(BS3LNET_SHARED=DEVICE_DATA, OMP_NUM_THREADS=threads_each(2))
-            jobs[name] = (self.job([sys.executable, *pytest, "--basetemp", os.path.join(self.work, f"pytest_{name}"),
-                                    *args], os.path.join(self.out, f"pytest_{name}.log"), env),
-                          shlex.join(["python", *pytest, *args]))
-        wait_all([job for job, _ in jobs.values()], self.deadline(self.mode["tests_s"]))
-        self.report["tests"] = {
-            name: dict(command=command, exit=job.process.returncode, outcome=pytest_outcome(job.log),
-                       seconds=job.seconds, stopped_at_deadline=job.interrupted)
-            for name, (job, command) in jobs.items()}
+        job = self.job([sys.executable, *pytest, "--basetemp", os.path.join(self.work, "pytest"),
+                        *self.mode["tests"]], os.path.join(self.out, "pytest_gpu.log"), child_env())
+        wait_all([job], self.deadline("tests", self.mode["tests_s"]))
+        self.report["tests"] = dict(command=shlex.join(["python", *pytest, *self.mode["tests"]]),
+                                    exit=job.process.returncode, outcome=pytest_outcome(job.log),
+                                    seconds=job.seconds, stopped_at_deadline=job.interrupted)
 
-    # -- 2. speed -------------------------------------------------------------------------------------
+    # -- 2. the paper's runs --------------------------------------------------------------------------
 
-    def speed(self):
-        rows = []
-        log = os.path.join(self.out, "speed.log")
-        open(log, "w").close()
-        for precision in self.mode["precisions"]:
-            result = os.path.join(self.work, f"speed_{precision}.json")
-            job = self.job([sys.executable, os.path.join("bench", "speed.py"), "--device", self.device,
-                            "--precisions", precision, "--steps", str(self.mode["speed_steps"]),
-                            "--scene", os.path.join(self.data_dir, SPEED_SCENE + ".mat"), "--json", result],
-                           log, child_env(), append=True)
-            wait_all([job], self.deadline(self.mode["speed_s"]))
-            measured = json.load(open(result)) if os.path.exists(result) else []
-            rows += [dict(row, precision="fp32" if row["precision"] == "off" else row["precision"])
-                     for row in measured]
-            if not measured:
-                rows.append(dict(precision=precision, failed=f"exit {job.process.returncode}"
-                                 + (", stopped at its deadline" if job.interrupted else "") + "; see speed.log"))
-        self.report["speed"] = dict(scene=SPEED_SCENE, steps=self.mode["speed_steps"], rows=rows)
-
-    # -- 3. concurrency -------------------------------------------------------------------------------
-
-    def concurrency_epochs(self, steps):
-        if self.mode["concurrency_epochs"]:
-            return self.mode["concurrency_epochs"]
-        fp32 = [row for row in self.report.get("speed", {}).get("rows", []) if row.get("step_s")
-                and row["precision"] == "fp32"]
-        if not fp32:
-            return CONCURRENCY_DEFAULT_EPOCHS
-        return min(500, max(4, math.ceil(CONCURRENCY_TARGET_S / (fp32[0]["step_s"] * steps))))
-
-    def concurrency(self):
-        flags = self.mode["train_flags"]
-        steps = steps_per_epoch(CONCURRENCY_SCENE, self.data_dir, flags)
-        epochs = self.concurrency_epochs(steps)
-        phase_end = self.deadline(self.mode["concurrency_s"])
-        results = []
-        for count in self.mode["processes"]:
-            jobs, folders = [], []
-            for index in range(count):
-                name = f"concurrency_{count}x_{index + 1}"
-                folders.append(os.path.join(self.work, name))
-                command = [sys.executable, "main.py", "--command", "train", "--dataset", CONCURRENCY_SCENE,
-                           "--data_dir", self.data_dir, "--checkpoints_dir", folders[-1],
-                           "--epochs", str(epochs), "--save_freq", str(epochs), "--device", self.device, *flags]
-                jobs.append(self.job(command, os.path.join(self.logs, name + ".log"),
-                                     child_env(OMP_NUM_THREADS=self.threads)))
-                self.archive.append((jobs[-1].log, f"logs/{name}.log"))
-            wait_all(jobs, phase_end)
-            epoch_seconds = [steady_epoch_seconds(read_train_log(run_folder(folder, CONCURRENCY_SCENE)))
-                             for folder in folders]
-            total = sum(steps / seconds for seconds in epoch_seconds) if all(epoch_seconds) else None
-            results.append(dict(processes=count, exits=[job.process.returncode for job in jobs],
-                                s_per_epoch=epoch_seconds, steps_per_s=total,
-                                stopped_at_deadline=any(job.interrupted for job in jobs)))
-        single = results[0]["steps_per_s"]
-        for result in results:
-            result["vs_one"] = result["steps_per_s"] / single if single and result["steps_per_s"] else None
-        gains = [r["vs_one"] for r in results[1:] if r["vs_one"]]
-        at_once = bool(gains) and max(gains) > AT_ONCE_GAIN
-        self.report["concurrency"] = dict(
-            scene=CONCURRENCY_SCENE, epochs=epochs, steps_per_epoch=steps, results=results, at_once=at_once,
-            decision=(f"the paper's runs start together: {max(gains):.2f}x the steps per second of one training"
-                      if at_once else "the paper's runs go one after another: running several at once gained "
-                      + (f"at most {max(gains):.2f}x" if gains else "nothing measurable")))
-
-    # -- 4. the paper's runs --------------------------------------------------------------------------
+    def scene_dirs(self, scene):
+        """The checkpoints and results folders of `scene`'s run, each its own."""
+        return os.path.join(self.work, "runs", scene, "checkpoints"), os.path.join(self.work, "runs", scene, "results")
 
     def run_flags(self, scene):
+        checkpoints, results = self.scene_dirs(scene)
         return ["--dataset", scene, "--data_dir", self.data_dir, "--seed", "1", "--device", self.device,
-                "--checkpoints_dir", os.path.join(self.work, "runs", "checkpoints"),
-                "--results_dir", os.path.join(self.work, "runs", "results"), *self.mode["train_flags"]]
+                "--checkpoints_dir", checkpoints, "--results_dir", results, *self.mode["train_flags"]]
+
+    def start_training(self, scene):
+        command = [sys.executable, "main.py", "--command", "train", *self.run_flags(scene),
+                   "--epochs", str(self.mode["epochs"]), "--eval_every", str(self.mode["eval_every"])]
+        job = self.job(command, os.path.join(self.logs, f"{scene}.train.log"), child_env(OMP_NUM_THREADS=self.threads))
+        self.archive.append((job.log, f"logs/{scene}.train.log"))
+        return job
 
     def runs(self):
-        at_once = self.report.get("concurrency", {}).get("at_once", True)
-        train_end = self.end - self.mode["predict_s"] - FINISH_S
-        jobs = {}
+        """The first scene alone to --epochs, then the others together in the training time left; then predict
+        from each scene's last saved epoch."""
+        predict_end = self.deadline("runs")
+        train_end = predict_end - self.mode["predict_s"]
+        first, *later = SCENES
+        jobs = {first: self.start_training(first)}
+        wait_all([jobs[first]], train_end)
+        if train_end - time.monotonic() >= self.mode["runs_min_s"]:
+            jobs.update((scene, self.start_training(scene)) for scene in later)
+            wait_all([jobs[scene] for scene in later], train_end)
+        predictions = self.predict_saved(jobs)
+        wait_all(list(predictions.values()), predict_end)
+        self.report["runs"] = self.runs_report(jobs, predictions)
 
-        def start(scene):
-            command = [sys.executable, "main.py", "--command", "train", *self.run_flags(scene),
-                       "--epochs", str(self.mode["epochs"]), "--eval_every", str(self.mode["eval_every"])]
-            jobs[scene] = self.job(command, os.path.join(self.logs, f"{scene}.train.log"),
-                                   child_env(OMP_NUM_THREADS=self.threads))
-            self.archive.append((jobs[scene].log, f"logs/{scene}.train.log"))
-
-        if at_once:
-            for scene in SCENES:
-                start(scene)
-            wait_all(list(jobs.values()), train_end)
-        else:
-            for index, scene in enumerate(SCENES):  # the time left is shared equally by the runs not yet done
-                start(scene)
-                wait_all([jobs[scene]], time.monotonic() + (train_end - time.monotonic()) / (len(SCENES) - index))
+    def predict_saved(self, jobs):
+        """--command predict on the last saved epoch of each scene that saved one: {scene: Job}."""
         predictions = {}
-        for scene in SCENES:
-            epochs = saved_epochs(run_folder(os.path.join(self.work, "runs", "checkpoints"), scene))
+        for scene in jobs:
+            run_dir = run_folder(self.scene_dirs(scene)[0])
+            epochs = saved_epochs(run_dir) if run_dir else []
             if epochs:
                 predictions[scene] = self.job(
                     [sys.executable, "main.py", "--command", "predict", *self.run_flags(scene), "--epochs",
                      str(epochs[-1])], os.path.join(self.logs, f"{scene}.predict.log"),
                     child_env(OMP_NUM_THREADS=self.threads))
                 self.archive.append((predictions[scene].log, f"logs/{scene}.predict.log"))
-        wait_all(list(predictions.values()), self.end - FINISH_S)
-        scenes = {scene: self.run_result(scene, jobs[scene], predictions.get(scene)) for scene in SCENES}
-        self.report["runs"] = dict(at_once=at_once, epochs=self.mode["epochs"], eval_every=self.mode["eval_every"],
-                                   train_flags=self.mode["train_flags"], scenes=scenes)
+        return predictions
+
+    def runs_report(self, jobs, predictions):
+        """The runs' settings and each scene's result, from the finished training and prediction Jobs."""
+        scenes = {scene: self.run_result(scene, jobs.get(scene), predictions.get(scene)) for scene in SCENES}
+        return dict(epochs=self.mode["epochs"], eval_every=self.mode["eval_every"],
+                    train_flags=self.mode["train_flags"], scenes=scenes)
 
     def run_result(self, scene, job, prediction):
-        run_dir = run_folder(os.path.join(self.work, "runs", "checkpoints"), scene)
+        """What `scene`'s training (None: not started) and prediction gave. A failure to read them is recorded
+        in this scene's result, so that the other scenes' results still reach the summary."""
+        result = dict(started=job is not None, exit=None, stopped_at_deadline=False, wall_s=None, epochs_reached=0,
+                      saved_epochs=[], s_per_epoch=None, projected_1000_epochs_s=None, last_loss=None, aucs={},
+                      predict=None, error=None)
+        try:
+            if job is not None:
+                result.update(self.training_result(scene, job))
+            if prediction is not None:
+                result["predict"] = self.prediction_result(scene, prediction)
+        except Exception:
+            result["error"] = traceback.format_exc()
+        return result
+
+    def training_result(self, scene, job):
+        run_dir = run_folder(self.scene_dirs(scene)[0])
         rows = read_train_log(run_dir)
-        if run_dir:
-            for name in ("train_log.tsv", "training_curve.png"):
-                if os.path.exists(os.path.join(run_dir, name)):
-                    self.archive.append((os.path.join(run_dir, name), f"{scene}/{name}"))
+        for name in ("train_log.tsv", "training_curve.png"):
+            if run_dir and os.path.exists(os.path.join(run_dir, name)):
+                self.archive.append((os.path.join(run_dir, name), f"{scene}/{name}"))
         epoch_seconds = steady_epoch_seconds(rows)
-        result = dict(exit=job.process.returncode, stopped_at_deadline=job.interrupted, wall_s=job.seconds,
-                      epochs_reached=rows[-1]["epoch"] if rows else 0,
-                      saved_epochs=saved_epochs(run_dir) if run_dir else [],
-                      s_per_epoch=epoch_seconds,
-                      projected_1000_epochs_s=epoch_seconds * 1000 if epoch_seconds else None,
-                      last_loss=rows[-1]["loss"] if rows else None,
-                      aucs={row["epoch"]: row["auc"] for row in rows if row["auc"] is not None}, predict=None)
-        if prediction is not None:
-            latest = os.path.join(self.work, "runs", "results", scene, "latest")
-            metrics_path = os.path.join(latest, "metrics.json")
-            metrics = json.load(open(metrics_path)) if prediction.process.returncode == 0 else {}
-            result["predict"] = dict(exit=prediction.process.returncode, epoch=metrics.get("epoch"),
-                                     auc=metrics.get("auc"), seconds=metrics.get("seconds"))
+        return dict(exit=job.process.returncode, stopped_at_deadline=job.interrupted, wall_s=job.seconds,
+                    epochs_reached=rows[-1]["epoch"] if rows else 0,
+                    saved_epochs=saved_epochs(run_dir) if run_dir else [], s_per_epoch=epoch_seconds,
+                    projected_1000_epochs_s=epoch_seconds * 1000 if epoch_seconds else None,
+                    last_loss=rows[-1]["loss"] if rows else None,
+                    aucs={row["epoch"]: row["auc"] for row in rows if row["auc"] is not None})
+
+    def prediction_result(self, scene, prediction):
+        metrics = {}
+        if prediction.process.returncode == 0:
+            latest = latest_results(self.scene_dirs(scene)[1])
+            with open(os.path.join(latest, "metrics.json")) as handle:
+                metrics = json.load(handle)
             for name in ("metrics.json", "detectmap.png", "roc.png"):
                 if os.path.exists(os.path.join(latest, name)):
                     self.archive.append((os.path.join(latest, name), f"{scene}/{name}"))
-        return result
+        return dict(exit=prediction.process.returncode, epoch=metrics.get("epoch"), auc=metrics.get("auc"),
+                    seconds=metrics.get("seconds"))
+
+    # -- 3. speed -------------------------------------------------------------------------------------
+
+    def speed(self):
+        rows = []
+        log = os.path.join(self.out, "speed.log")
+        open(log, "w").close()
+        phase_end = self.deadline("speed", self.mode["speed_s"])
+        for precision in self.mode["precisions"]:
+            if time.monotonic() >= phase_end:
+                rows.append(dict(precision=precision, failed="not run: the step's time was spent"))
+                continue
+            result = os.path.join(self.work, f"speed_{precision}.json")
+            command = [sys.executable, os.path.abspath(__file__), "--speed-child", precision, "--json", result]
+            job = self.job(command + (["--cpu-smoke"] if self.mode_name == "cpu-smoke" else []), log, child_env(),
+                           append=True)
+            wait_all([job], phase_end)
+            measured = json.load(open(result)) if os.path.exists(result) else []
+            rows += measured
+            if len(measured) < len(SPEED_SETTINGS):
+                rows.append(dict(precision=precision, failed=f"{len(measured)} of {len(SPEED_SETTINGS)} settings "
+                                 f"measured, exit {job.process.returncode}"
+                                 + (", stopped at its deadline" if job.interrupted else "") + "; see speed.log"))
+        self.report["speed"] = dict(scene=SPEED_SCENE, steps=self.mode["speed_steps"],
+                                    flags=self.mode["speed_flags"], rows=rows)
+
+    # -- 4. concurrency -------------------------------------------------------------------------------
+
+    def concurrency_epochs(self):
+        """Epochs that one training alone runs in about CONCURRENCY_TARGET_S, from the runs' seconds per epoch."""
+        if self.mode["concurrency_epochs"]:
+            return self.mode["concurrency_epochs"]
+        seconds = self.report.get("runs", {}).get("scenes", {}).get(CONCURRENCY_SCENE, {}).get("s_per_epoch")
+        if not seconds:
+            return CONCURRENCY_DEFAULT_EPOCHS
+        return min(500, max(4, math.ceil(CONCURRENCY_TARGET_S / seconds)))
+
+    def concurrency(self):
+        steps = steps_per_epoch(CONCURRENCY_SCENE, self.data_dir, self.mode["train_flags"])
+        epochs = self.concurrency_epochs()
+        phase_end = self.deadline("concurrency", self.mode["concurrency_s"])
+        results = []
+        for count in self.mode["processes"]:
+            if time.monotonic() < phase_end:
+                results.append(self.concurrency_round(count, epochs, steps, phase_end))
+        single = results[0]["steps_per_s"] if results else None
+        for result in results:
+            result["vs_one"] = result["steps_per_s"] / single if single and result["steps_per_s"] else None
+        gains = [r["vs_one"] for r in results[1:] if r["vs_one"]]
+        faster = bool(gains) and max(gains) > AT_ONCE_GAIN
+        self.report["concurrency"] = dict(
+            scene=CONCURRENCY_SCENE, epochs=epochs, steps_per_epoch=steps, results=results, at_once=faster,
+            decision=(f"trainings at once give {max(gains):.2f}x the steps per second of one: the scenes of a later "
+                      "call should train together" if faster else "running several at once gained "
+                      + (f"at most {max(gains):.2f}x" if gains else "nothing measurable")
+                      + ": the scenes of a later call should train one after another"))
+
+    def concurrency_round(self, count, epochs, steps, phase_end):
+        """`count` trainings of CONCURRENCY_SCENE started together; their steps per second in all."""
+        jobs, folders = [], []
+        for index in range(count):
+            name = f"concurrency_{count}x_{index + 1}"
+            folders.append(os.path.join(self.work, name))
+            command = [sys.executable, "main.py", "--command", "train", "--dataset", CONCURRENCY_SCENE,
+                       "--data_dir", self.data_dir, "--checkpoints_dir", folders[-1], "--epochs", str(epochs),
+                       "--save_freq", str(epochs), "--device", self.device, *self.mode["train_flags"]]
+            jobs.append(self.job(command, os.path.join(self.logs, name + ".log"),
+                                 child_env(OMP_NUM_THREADS=self.threads)))
+            self.archive.append((jobs[-1].log, f"logs/{name}.log"))
+        wait_all(jobs, phase_end)
+        epoch_seconds = [steady_epoch_seconds(read_train_log(run_folder(folder))) for folder in folders]
+        total = sum(steps / seconds for seconds in epoch_seconds) if all(epoch_seconds) else None
+        return dict(processes=count, exits=[job.process.returncode for job in jobs], s_per_epoch=epoch_seconds,
+                    steps_per_s=total, stopped_at_deadline=any(job.interrupted for job in jobs))
 
     # -- output ---------------------------------------------------------------------------------------
 
@@ -405,6 +454,93 @@ class Check:
                     archive.add(path, arcname=name)
 
 
+# -- the speed step's child process -----------------------------------------------------------------------
+
+def speed_child(mode, precision, json_path):
+    """Measure `precision` in each of SPEED_SETTINGS, in this process, after an untimed warm-up training; the
+    rows so far go to `json_path` after each."""
+    import numpy as np
+    import scipy.io
+    from utils import atomic_write_text
+    hsi = np.asarray(scipy.io.loadmat(os.path.join(DEVICE_DATA, "data", SPEED_SCENE + ".mat"))["data"], np.float32)
+    rows = []
+    # An untimed warm-up training first, so that no setting pays for the process's first training.
+    for index, setting in enumerate((SPEED_SETTINGS[0], *SPEED_SETTINGS)):
+        folder = tempfile.mkdtemp(prefix=f"speed_{precision}_", dir=os.path.dirname(json_path))
+        row = measure_speed(mode, precision, hsi, folder, *setting)
+        if index > 0:
+            rows.append(row)
+            atomic_write_text(json_path, json.dumps(rows))
+
+
+def measure_speed(mode, precision, hsi, folder, setting, benchmark, layout):
+    """Train SPEED_EPOCHS epochs of mode['speed_steps'] steps on SPEED_SCENE in `setting`, checkpoints in
+    `folder`; s/step from the median epoch after the first (which holds the warm-up and cuDNN's algorithm
+    search). Then time predict."""
+    import torch
+    import train as train_module
+    from config import parse_config
+    amp = precision if precision in ("bf16", "fp16") else "off"
+    config = parse_config(["--command", "train", "--dataset", SPEED_SCENE, "--data_dir",
+                           os.path.join(DEVICE_DATA, "data"), "--device", mode["device"], "--amp", amp, "--epochs",
+                           str(SPEED_EPOCHS), "--checkpoints_dir", folder, *(["--tf32"] if precision == "tf32" else []),
+                           *mode["speed_flags"]])
+    config = dataclasses.replace(config, patches_per_epoch=mode["speed_steps"] * config.batch_size)
+    epoch_seconds, trained = [], {}
+    real_epoch, real_seed = train_module.train_epoch, train_module.seed_everything
+
+    def timed_epoch(*args, **kwargs):  # it ends by reading the loss: the device has finished the epoch
+        started = time.perf_counter()
+        loss = real_epoch(*args, **kwargs)
+        epoch_seconds.append(time.perf_counter() - started)
+        return loss
+
+    def seeded(seed):  # after the trainings' own setting: deterministic cuDNN without benchmarking
+        real_seed(seed)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = not benchmark
+    cuda = mode["device"] == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    network = contiguous_net() if layout == "contiguous" else train_module.BS3LNet
+    with mock.patch.multiple(train_module, train_epoch=timed_epoch, seed_everything=seeded, BS3LNet=network):
+        train_module.train(config, after_epoch=lambda epoch, net, loss: trained.update(net=net))
+    gpu_peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None
+    step_s = statistics.median(epoch_seconds[1:]) / mode["speed_steps"]
+    height, width = hsi.shape[:2]
+    return dict(precision=precision, setting=setting, step_s=step_s,
+                epoch_s=step_s * math.ceil(height * width / config.batch_size), gpu_peak_mib=gpu_peak,
+                predict_s=predict_seconds(trained["net"], hsi, mode["device"], amp))
+
+
+def contiguous_net():
+    """BS3LNet kept in the default contiguous (NCHW) layout: the channels-last moves of training and predict are
+    ignored, and each batch is copied out of the sampler's channels-last patches."""
+    from model import BS3LNet
+
+    class ContiguousNet(BS3LNet):
+        def to(self, *args, memory_format=None, **kwargs):
+            return super().to(*args, **kwargs)
+
+        def forward(self, x):
+            return super().forward(x.contiguous())
+    return ContiguousNet
+
+
+def predict_seconds(net, hsi, device, amp):
+    """Median seconds of PREDICT_REPEATS whole-scene reconstructions, after one untimed warm-up (CUDA kernels,
+    cuDNN's algorithm search, the allocator's first blocks)."""
+    from model import reconstruct
+    reconstruct(net, hsi, device, amp=amp)
+    times = []
+    for _ in range(PREDICT_REPEATS):
+        started = time.perf_counter()
+        reconstruct(net, hsi, device, amp=amp)  # ends with the copy to the host: the device has finished
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+# -- the summary ------------------------------------------------------------------------------------------
 
 def machine_info():
     import torch
@@ -420,44 +556,15 @@ def markdown(report):
              f"budget. Machine: {machine['gpu'] or 'no GPU'}, {machine['cpus']} CPU cores, Python "
              f"{machine['python']}, torch {machine['torch']} (CUDA {machine['cuda']}).", ""]
     if "tests" in report:
-        lines += ["## Tests", "", "| run | outcome | exit | seconds |", "|---|---|---|---|"]
-        for name, test in report["tests"].items():
-            stopped = " (stopped at its deadline)" if test["stopped_at_deadline"] else ""
-            lines.append(f"| `{test['command']}` | {test['outcome']}{stopped} | {test['exit']} | {test['seconds']} |")
-        lines += ["", "Logs: pytest_gpu.log, pytest_suite.log.", ""]
-    if "speed" in report:
-        speed = report["speed"]
-        lines += ["## Speed", "",
-                  f"`bench/speed.py` on {speed['scene']}, default flags, {speed['steps']} steps per precision. Each "
-                  "step is timed with a device synchronisation, so s/step also holds the launch time that a "
-                  "free-running training overlaps with the GPU's work (the runs below show that).", "",
-                  "| precision | s/step | GPU peak MiB | to first step s | s/epoch | 1000 epochs (projected) "
-                  "| predict s |", "|---|---|---|---|---|---|---|"]
-        for row in speed["rows"]:
-            if "failed" in row:
-                lines.append(f"| {row['precision']} | failed: {row['failed']} | | | | | |")
-                continue
-            gpu_peak = f"{row['gpu_peak_mib']:.0f}" if row["gpu_peak_mib"] is not None else "–"
-            lines.append(f"| {row['precision']} | {row['step_s']:.4g} | {gpu_peak} | {row['first_step_s']:.2f} | "
-                         f"{row['epoch_s']:.3g} | {duration(row['epoch_s'] * 1000)} | {row['predict_s']:.2f} |")
-        lines += ["", "Log: speed.log.", ""]
-    if "concurrency" in report:
-        concurrency = report["concurrency"]
-        lines += ["## Trainings at once on one device", "",
-                  f"{concurrency['scene']}, the runs' flags, {concurrency['epochs']} epochs of "
-                  f"{concurrency['steps_per_epoch']} steps in each process, all started together; s/epoch is each "
-                  "process's mean over the middle half of its epochs.", "",
-                  "| processes | s/epoch of each | steps/s in all | vs one | exit |", "|---|---|---|---|---|"]
-        for result in concurrency["results"]:
-            each = ", ".join(f"{m:.3g}" if m else "–" for m in result["s_per_epoch"])
-            total = f"{result['steps_per_s']:.1f}" if result["steps_per_s"] else "–"
-            vs_one = f"{result['vs_one']:.2f}x" if result["vs_one"] else "–"
-            stopped = " (stopped at the deadline)" if result["stopped_at_deadline"] else ""
-            lines.append(f"| {result['processes']} | {each} | {total} | {vs_one} | "
-                         f"{', '.join(map(str, result['exits']))}{stopped} |")
-        lines += ["", f"Decision: {concurrency['decision']}.", ""]
-    if "runs" in report:
-        lines += runs_markdown(report["runs"])
+        test = report["tests"]
+        stopped = " (stopped at its deadline)" if test["stopped_at_deadline"] else ""
+        lines += ["## Tests", "", "| run | outcome | exit | seconds |", "|---|---|---|---|",
+                  f"| `{test['command']}` | {test['outcome']}{stopped} | {test['exit']} | {test['seconds']} |", "",
+                  "Log: pytest_gpu.log.", ""]
+    sections = dict(runs=runs_markdown, speed=speed_markdown, concurrency=concurrency_markdown)
+    for phase in PHASES:
+        if phase in sections and phase in report:
+            lines += sections[phase](report[phase])
     for phase, error in report.get("errors", {}).items():
         lines += [f"## Error in step {phase}", "", "```", error.rstrip(), "```", ""]
     return "\n".join(lines) + "\n"
@@ -465,13 +572,15 @@ def markdown(report):
 
 def runs_markdown(runs):
     scenes = runs["scenes"]
+    first, *later = scenes
     flags = " ".join(runs["train_flags"]) or "default flags (fp32)"
     lines = ["## The paper's scenes", "",
-             f"{flags}, seed 1, `--epochs {runs['epochs']} --eval_every {runs['eval_every']}`, "
-             + ("all three at once" if runs["at_once"] else "one after another")
-             + "; a training still running at its deadline got SIGINT and saved its last epoch, and predict "
-               "scored the last saved epoch. Logs, train_log.tsv, metrics.json and figures: runs.tar.gz.", "",
-             "| | " + " | ".join(scenes) + " |", "|---" * (len(scenes) + 1) + "|"]
+             f"{flags}, seed 1, `--epochs {runs['epochs']} --eval_every {runs['eval_every']}`: {first} alone first, "
+             f"then {' and '.join(later)} together in the training time left. A training still running at its "
+             "deadline got SIGINT and saved its last epoch, and predict scored each scene's last saved epoch. "
+             "Logs, train_log.tsv, metrics.json and figures: runs.tar.gz.", "",
+             "| | " + " | ".join(f"{scene} (epoch {r['epochs_reached']})" for scene, r in scenes.items()) + " |",
+             "|---" * (len(scenes) + 1) + "|"]
     epochs = sorted({int(epoch) for result in scenes.values() for epoch in result["aucs"]})
     for epoch in epochs:
         cells = [f"{result['aucs'][epoch]:.4f}" if epoch in result["aucs"] else "" for result in scenes.values()]
@@ -479,9 +588,9 @@ def runs_markdown(runs):
 
     def row(label, cell):
         lines.append(f"| {label} | " + " | ".join(cell(result) for result in scenes.values()) + " |")
-    row("epochs reached", lambda r: f"{r['epochs_reached']}" + (" (stopped at the deadline)"
-                                                                 if r["stopped_at_deadline"] else ""))
-    row("training exit", lambda r: str(r["exit"]))
+    row("epochs reached", lambda r: "not started (no training time left)" if not r["started"] else
+        f"{r['epochs_reached']}" + (" (stopped at the deadline)" if r["stopped_at_deadline"] else ""))
+    row("training exit", lambda r: str(r["exit"]) if r["started"] else "–")
     row("last loss", lambda r: f"{r['last_loss']:.4f}" if r["last_loss"] is not None else "–")
     row("s/epoch (training only, mean of the middle half)",
         lambda r: f"{r['s_per_epoch']:.3g}" if r["s_per_epoch"] else "–")
@@ -489,27 +598,97 @@ def runs_markdown(runs):
     row("predict AUC (epoch)", lambda r: "not run" if r["predict"] is None else
         f"{r['predict']['auc']:.4f} ({r['predict']['epoch']})" if r["predict"]["auc"] is not None else
         f"failed, exit {r['predict']['exit']}")
-    return lines + [""]
+    lines.append("")
+    for scene, result in scenes.items():
+        if result["error"]:
+            lines += [f"Reading {scene}'s results failed:", "", "```", result["error"].rstrip(), "```", ""]
+    return lines
 
 
-def main():
+def speed_markdown(speed):
+    flags = " ".join(speed["flags"]) or "default flags"
+    lines = ["## Speed", "",
+             f"{speed['scene']}, {flags}, {SPEED_EPOCHS} epochs of {speed['steps']} steps per setting, in one process "
+             "per precision after an untimed warm-up training; s/step is the median epoch after the first (which "
+             "holds the warm-up) over its steps, free-running as a training runs. "
+             "Settings: *default* is what every training runs (cuDNN deterministic, no benchmarking, the network "
+             "and batches channels-last); *cudnn.benchmark* lets cuDNN time its algorithms and keep the fastest "
+             "(results equal up to float rounding, not bit for bit from run to run); *contiguous* also keeps the "
+             "default NCHW layout (each batch copied out of the sampler's channels-last patches). On the CPU the "
+             f"cuDNN switches do not apply. Predict: the whole scene's reconstruction, median of "
+             f"{PREDICT_REPEATS} after a warm-up.", "",
+             "| precision | setting | s/step | vs default | s/epoch | 1000 epochs (projected) | GPU peak MiB "
+             "| predict s |", "|---|---|---|---|---|---|---|---|"]
+    defaults = {row["precision"]: row["step_s"] for row in speed["rows"] if row.get("setting") == "default"}
+    for row in speed["rows"]:
+        if "failed" in row:
+            lines.append(f"| {row['precision']} | failed: {row['failed']} | | | | | | |")
+            continue
+        default = defaults.get(row["precision"])
+        gpu_peak = f"{row['gpu_peak_mib']:.0f}" if row["gpu_peak_mib"] is not None else "–"
+        lines.append(f"| {row['precision']} | {row['setting']} | {row['step_s']:.4g} | "
+                     + (f"{default / row['step_s']:.2f}x" if default else "–") + f" | {row['epoch_s']:.3g} | "
+                     f"{duration(row['epoch_s'] * 1000)} | {gpu_peak} | {row['predict_s']:.3f} |")
+    return lines + ["", fastest_settings(speed["rows"], defaults), "", "Log: speed.log.", ""]
+
+
+def fastest_settings(rows, defaults):
+    """One line: the fastest measured setting of each precision, and its gain over the default."""
+    fastest = {}
+    for row in rows:
+        if "failed" not in row and (row["precision"] not in fastest
+                                    or row["step_s"] < fastest[row["precision"]]["step_s"]):
+            fastest[row["precision"]] = row
+    return "Fastest setting per precision: " + ("; ".join(
+        f"{precision}: {row['setting']}" + (f", {defaults[precision] / row['step_s']:.2f}x the default's steps "
+                                            "per second" if defaults.get(precision) and row["setting"] != "default"
+                                            else "")
+        for precision, row in fastest.items()) or "none measured") + "."
+
+
+def concurrency_markdown(concurrency):
+    lines = ["## Trainings at once on one device", "",
+             f"{concurrency['scene']}, the runs' flags, {concurrency['epochs']} epochs of "
+             f"{concurrency['steps_per_epoch']} steps in each process, all started together; s/epoch is each "
+             "process's mean over the middle half of its epochs.", "",
+             "| processes | s/epoch of each | steps/s in all | vs one | exit |", "|---|---|---|---|---|"]
+    for result in concurrency["results"]:
+        each = ", ".join(f"{m:.3g}" if m else "–" for m in result["s_per_epoch"])
+        total = f"{result['steps_per_s']:.1f}" if result["steps_per_s"] else "–"
+        vs_one = f"{result['vs_one']:.2f}x" if result["vs_one"] else "–"
+        stopped = " (stopped at the deadline)" if result["stopped_at_deadline"] else ""
+        lines.append(f"| {result['processes']} | {each} | {total} | {vs_one} | "
+                     f"{', '.join(map(str, result['exits']))}{stopped} |")
+    return lines + ["", f"Conclusion: {concurrency['decision']}.", ""]
+
+
+def parse_arguments():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepare", action="store_true",
-                        help="copy the scenes and reference fixtures from ../shared to bench/device_data/ and stop")
+                        help="copy the scenes from ../shared to bench/device_data/ and stop")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run every step on CPU with tiny sizes, to prove the script before it costs device time")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="seconds the whole call may take (default: 480; 180 with --cpu-smoke)")
+                        help=f"seconds the whole call may take (default: {MODES['gpu']['budget_s']}; "
+                             f"{MODES['cpu-smoke']['budget_s']} with --cpu-smoke)")
     parser.add_argument("--phases", default=",".join(PHASES),
-                        help=f"comma-separated steps to run, in this order (default: {','.join(PHASES)}); without "
-                             "the concurrency step the paper's runs start together")
+                        help=f"comma-separated steps to run, in this order (default: {','.join(PHASES)})")
+    parser.add_argument("--speed-child", metavar="PRECISION", help=argparse.SUPPRESS)
+    parser.add_argument("--json", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if set(args.phases.split(",")) - set(PHASES):
+        parser.error(f"--phases takes some of {', '.join(PHASES)}, comma-separated")
+    return args
+
+
+def main():
+    args = parse_arguments()
     if args.prepare:
         return prepare()
     mode_name = "cpu-smoke" if args.cpu_smoke else "gpu"
+    if args.speed_child:
+        return speed_child(MODES[mode_name], args.speed_child, args.json)
     phases = [phase for phase in PHASES if phase in args.phases.split(",")]
-    if set(args.phases.split(",")) - set(PHASES):
-        parser.error(f"--phases takes some of {', '.join(PHASES)}, comma-separated")
     machine = machine_info()
     if mode_name == "gpu" and machine["gpu"] is None:
         sys.exit("error: no CUDA device here: run the GPU check on a GPU machine, or --cpu-smoke to try the script")

@@ -21,7 +21,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from scenes import load_scene  # noqa: E402
-from main import build_parser  # noqa: E402
+from config import parse_config  # noqa: E402
 from model import load_checkpoint, reconstruct  # noqa: E402
 from runs import checkpoint_path, run_directory  # noqa: E402
 from scoring import blindspot_reconstruct  # noqa: E402
@@ -32,7 +32,7 @@ OUT = os.path.join(ROOT, "bench", "out", "scoring")
 
 def scores(dataset, epoch, args, repeats):
     """{label: (auc, seconds)} for official scoring and blind-spot scoring with each R in `repeats`."""
-    config = build_parser().parse_args(["--dataset", dataset, "--checkpoints_dir", args.runs, "--seed", "1"])
+    config = parse_config(["--dataset", dataset, "--checkpoints_dir", args.runs, "--seed", "1"])
     scene = load_scene(args.data_dir, dataset)
     hsi, gt = scene.hsi, scene.gt
     net, _ = load_checkpoint(checkpoint_path(run_directory(config), epoch))

@@ -33,7 +33,7 @@ def child(args):
     import torch
 
     import train as train_module
-    from main import build_parser
+    from config import parse_config
     from model import reconstruct
 
     work = tempfile.mkdtemp()
@@ -48,7 +48,7 @@ def child(args):
         data_dir, dataset = os.path.split(os.path.abspath(args.scene))
         dataset = os.path.splitext(dataset)[0]
     amp = "off" if args.precision == "tf32" else args.precision  # tf32 = fp32 with --tf32
-    config = build_parser().parse_args([
+    config = parse_config([
         "--dataset", dataset, "--data_dir", data_dir, "--device", args.device, "--amp", amp,
         "--checkpoints_dir", work, "--epochs", "1", "--patches_per_epoch", str(args.steps * 100),
         *(["--tf32"] if args.precision == "tf32" else [])])

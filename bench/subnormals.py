@@ -20,7 +20,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from main import build_parser  # noqa: E402
+from config import build_parser  # noqa: E402
 from runs import read_log  # noqa: E402
 
 # Flags that say where and how long to run, not which run it is: set here, not taken from the checkpoint.

@@ -50,6 +50,14 @@ def cli_flags(data_dir, dataset="tiny", *extra):
             "--results_dir", os.path.join(work, "results"), *FAST_FLAGS, *extra]
 
 
+def scene_folder(parent, name):
+    """The folder of scene `name` under a checkpoints or results folder: '<name>-<digest of its contents>'."""
+    import pathlib
+    found = sorted(pathlib.Path(parent).glob(f"{name}-" + "[0-9a-f]" * 8))
+    assert len(found) == 1, f"one folder of scene {name} expected in {parent}, found {found}"
+    return found[0]
+
+
 def run_cli(*args, cwd=None):
     """Run `python main.py ARGS` in a subprocess; returns the CompletedProcess (text)."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], capture_output=True,

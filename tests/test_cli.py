@@ -7,9 +7,10 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import FIXTURES, SHARED_DATA, cli_flags, needs_shared_data, run_cli, tiny_scene
+from conftest import FIXTURES, SHARED_DATA, cli_flags, needs_shared_data, run_cli, scene_folder, tiny_scene
 from scenes import synthetic_scene
-from main import build_parser, main
+from config import build_parser, parse_config
+from main import main
 
 
 def test_train_then_predict_end_to_end(scene_dir):
@@ -20,7 +21,7 @@ def test_train_then_predict_end_to_end(scene_dir):
     assert predicted.returncode == 0, predicted.stderr
     auc_line = [line for line in predicted.stdout.splitlines() if line.startswith("AUC: ")]
     assert len(auc_line) == 1
-    out = scene_dir / "results" / "tiny" / "latest"
+    out = scene_folder(scene_dir / "results", "tiny") / "latest"
     detectmap = scipy.io.loadmat(out / "detectmap.mat")["detectmap"]
     reconstructed = scipy.io.loadmat(out / "reconstructed_data.mat")["reconstructed_data"]
     assert detectmap.shape == (12, 10) and reconstructed.shape == (12, 10, 6)
@@ -46,7 +47,7 @@ def test_help_states_every_default():
 
 
 def test_official_defaults():
-    config = build_parser().parse_args([])
+    config = parse_config([])
     official = dict(seed=1, gpu_ids="0", command="train", batch_size=100, patch=19, size_window=5, ratio=0.9,
                     nch_ker=64, nblk=2, norm_mode="bnorm", init_weight_type="normal", init_gain=0.02, lossm="l1",
                     learning_rate=1e-4, weight_decay=1e-5, epochs=1000, dataset="AVIRIS-II", save_freq=50,
@@ -66,7 +67,7 @@ def test_predict_from_an_official_pkl(tmp_path):
     result = run_cli("--command", "predict", "--checkpoint", str(tmp_path / "official.pkl"),
                      *cli_flags(tmp_path, "fixture"), "--nch_ker", "64", "--nblk", "2")  # the official network
     assert result.returncode == 0, result.stderr
-    reconstructed = scipy.io.loadmat(tmp_path / "results" / "fixture" / "latest" / "reconstructed_data.mat")
+    reconstructed = scipy.io.loadmat(scene_folder(tmp_path / "results", "fixture") / "latest" / "reconstructed_data.mat")
     expected = data["output"][0].transpose(1, 2, 0)
     np.testing.assert_allclose(reconstructed["reconstructed_data"], expected, rtol=1e-4,
                                atol=1e-4 * np.abs(expected).max())
@@ -121,7 +122,7 @@ def test_band_count_mismatch_is_reported(scene_dir, capsys):
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
     hsi, gt = tiny_scene(bands=4)
     scipy.io.savemat(scene_dir / "other.mat", {"data": hsi, "map": gt})
-    checkpoint = next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0001.pt"))
+    checkpoint = next((scene_folder(scene_dir / "checkpoints", "tiny")).glob("*/epoch_0001.pt"))
     assert main(["--command", "predict", "--checkpoint", str(checkpoint), *cli_flags(scene_dir, "other")]) == 2
     assert "trained on 6 bands but other has 4" in capsys.readouterr().err
 
@@ -159,12 +160,12 @@ def test_non_square_hydice_trains_and_predicts(tmp_path):
              "--checkpoints_dir", str(tmp_path / "c"), "--results_dir", str(tmp_path / "r")]
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
-    metrics = json.loads((tmp_path / "r" / "HYDICE-II" / "latest" / "metrics.json").read_text())
+    metrics = json.loads((scene_folder(tmp_path / "r", "HYDICE-II") / "latest" / "metrics.json").read_text())
     assert metrics["scene"] == dict(path=os.path.join(os.path.abspath(SHARED_DATA), "HYDICE-II.mat"), height=80,
                                     width=60, bands=162, bands_used=list(range(1, 163)), anomaly_pixels=10,
                                     nodata_pixels=0)
     assert 0 <= metrics["auc"] <= 1
-    assert scipy.io.loadmat(tmp_path / "r" / "HYDICE-II" / "latest" / "detectmap.mat")["detectmap"].shape == (80, 60)
+    assert scipy.io.loadmat(scene_folder(tmp_path / "r", "HYDICE-II") / "latest" / "detectmap.mat")["detectmap"].shape == (80, 60)
 
 
 def test_map_without_anomalies_gives_null_auc(scene_dir, capsys):
@@ -174,18 +175,18 @@ def test_map_without_anomalies_gives_null_auc(scene_dir, capsys):
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
     assert "AUC undefined: the map has no anomaly pixel" in capsys.readouterr().out
-    metrics = json.loads((scene_dir / "results" / "clean" / "latest" / "metrics.json").read_text())
+    metrics = json.loads((scene_folder(scene_dir / "results", "clean") / "latest" / "metrics.json").read_text())
     assert metrics["auc"] is None and "no anomaly" in metrics["auc_note"]
-    assert (scene_dir / "results" / "clean" / "latest" / "detectmap.mat").exists()
+    assert (scene_folder(scene_dir / "results", "clean") / "latest" / "detectmap.mat").exists()
 
 
 def test_predict_trusts_the_checkpoints_network_over_the_flags(scene_dir, capsys):
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
-    checkpoint = next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0001.pt"))
+    checkpoint = next((scene_folder(scene_dir / "checkpoints", "tiny")).glob("*/epoch_0001.pt"))
     flags = cli_flags(scene_dir, "tiny")
     flags[flags.index("--nblk") + 1] = "2"
     assert main(["--command", "predict", "--checkpoint", str(checkpoint), *flags]) == 0
     out = capsys.readouterr().out
     assert "holds a network with nch_ker=8, nblk=1, norm=bnorm (the flags say nch_ker=8, nblk=2" in out
-    metrics = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
+    metrics = json.loads((scene_folder(scene_dir / "results", "tiny") / "latest" / "metrics.json").read_text())
     assert metrics["model_args"]["nblk"] == 1 and metrics["auc"] is not None

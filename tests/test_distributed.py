@@ -9,7 +9,7 @@ import scipy.io
 import torch
 
 from conftest import ROOT, cli_flags
-from main import build_parser
+from config import parse_config
 from model import load_checkpoint, reconstruct
 from runs import checkpoint_path, run_directory
 from train import train
@@ -33,14 +33,14 @@ def test_two_processes_train_what_one_process_trains(scene_dir, tmp_path):
     get a mathematically zero gradient (the decoder's BatchNorm cancels any constant shift of the
     blocks' output), so Adam moves them by rounding noise alone, in any implementation."""
     flags = cli_flags(scene_dir, "tiny", "--epochs", "3", "--batch_size", "30")
-    single = build_parser().parse_args(flags)
+    single = parse_config(flags)
     single_losses = train(single)
     multi_dir = tmp_path / "multi"
     multi_flags = flags + ["--checkpoints_dir", str(multi_dir)]
     launched = torchrun_train(multi_flags)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert "x 2 processes" in launched.stdout
-    multi = build_parser().parse_args(multi_flags)
+    multi = parse_config(multi_flags)
     one = torch.load(checkpoint_path(run_directory(single), 3), weights_only=True)
     two = torch.load(checkpoint_path(run_directory(multi), 3), weights_only=True)
     np.testing.assert_allclose(two["losses"], single_losses, rtol=1e-5)

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import scipy.io
 
-from conftest import cli_flags, tiny_scene
+from conftest import cli_flags, scene_folder, tiny_scene
 from main import main
 from runs import read_log
 
@@ -20,13 +20,13 @@ def test_rx_and_lrx_write_what_predict_writes(scene_dir, capsys):
     out = capsys.readouterr().out
     assert out.count("AUC: ") == 2 and "AUC_SNPR" in out
     for folder in ("rx", "lrx_1_5"):
-        results = scene_dir / "results" / "tiny" / folder
+        results = scene_folder(scene_dir / "results", "tiny") / folder
         metrics = json.loads((results / "metrics.json").read_text())
         assert 0 <= metrics["auc"] <= 1 and metrics["metrics_3d"]["AUC(D,F)"] == metrics["auc"]
         assert scipy.io.loadmat(results / "detectmap.mat")["detectmap"].shape == (12, 10)
         assert all((results / name).stat().st_size > 0 for name in FIGURES)
     # the plain results folder holds the latest run's files
-    latest = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
+    latest = json.loads((scene_folder(scene_dir / "results", "tiny") / "latest" / "metrics.json").read_text())
     assert latest["method"] == "LRX 1/5"
 
 
@@ -37,7 +37,7 @@ def test_lrx_window_errors_are_user_errors(scene_dir, capsys):
 
 def test_roc_log_option(scene_dir):
     assert main(["--command", "rx", "--roc_log", *cli_flags(scene_dir)]) == 0
-    assert (scene_dir / "results" / "tiny" / "rx" / "roc.png").exists()
+    assert (scene_folder(scene_dir / "results", "tiny") / "rx" / "roc.png").exists()
 
 
 def test_predict_results_are_kept_per_configuration(scene_dir):
@@ -45,19 +45,19 @@ def test_predict_results_are_kept_per_configuration(scene_dir):
         flags = cli_flags(scene_dir, "tiny", "--epochs", "1", "--seed", seed)
         assert main(["--command", "train", *flags]) == 0
         assert main(["--command", "predict", *flags]) == 0
-    runs = sorted(p.name for p in (scene_dir / "results" / "tiny").iterdir() if p.is_dir() and not p.is_symlink())
+    runs = sorted(p.name for p in (scene_folder(scene_dir / "results", "tiny")).iterdir() if p.is_dir() and not p.is_symlink())
     assert len(runs) == 2 and runs[0].endswith("seed1") and runs[1].endswith("seed2")
     for run in runs:
-        metrics = json.loads((scene_dir / "results" / "tiny" / run / "epoch_0001" / "metrics.json").read_text())
+        metrics = json.loads((scene_folder(scene_dir / "results", "tiny") / run / "epoch_0001" / "metrics.json").read_text())
         assert metrics["train_config"]["seed"] == int(run[-1])
-    latest = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
+    latest = json.loads((scene_folder(scene_dir / "results", "tiny") / "latest" / "metrics.json").read_text())
     assert latest["train_config"]["seed"] == 2
 
 
 def test_eval_every_records_auc_and_draws_the_curve(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "4", "--eval_every", "2")
     assert main(["--command", "train", *flags]) == 0
-    run = next((scene_dir / "checkpoints" / "tiny").iterdir())
+    run = next((scene_folder(scene_dir / "checkpoints", "tiny")).iterdir())
     rows = read_log(run / "train_log.tsv")
     assert [r["auc"] is not None for r in rows] == [False, True, False, True]
     assert all(0 <= r["auc"] <= 1 for r in rows if r["auc"] is not None)
@@ -72,7 +72,7 @@ def test_scene_without_map_writes_maps_without_auc(tmp_path, capsys):
     assert main(["--command", "predict", *flags]) == 0
     out = capsys.readouterr().out
     assert "no ground-truth map" in out and "AUC: " not in out
-    results = tmp_path / "results" / "nomap" / "latest"
+    results = scene_folder(tmp_path / "results", "nomap") / "latest"
     assert json.loads((results / "metrics.json").read_text())["auc"] is None
     assert (results / "detectmap.png").exists() and not (results / "roc.png").exists()
 
@@ -107,11 +107,11 @@ def test_ctrl_c_stops_the_benchmark_keeps_finished_jobs_and_says_how_to_continue
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     calls = []
 
-    def run_one(config, method, scoring_list):
+    def run_one(config, method):
         calls.append(method)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run_one(config, method, scoring_list)
+        return real_run_one(config, method)
     real_run_one = benchmark.run_one
     monkeypatch.setattr(benchmark, "run_one", run_one)
     code = main(["--command", "benchmark", "--seeds", "1", "--methods", "rx,lrx,bs3lnet", *flags])
@@ -136,7 +136,7 @@ def test_a_benchmark_extends_a_shorter_run_and_names_the_epochs_of_a_longer_one(
 
 def test_benchmark_rejects_unknown_methods(scene_dir, capsys):
     assert main(["--command", "benchmark", "--methods", "rx,svm", *cli_flags(scene_dir)]) == 2
-    assert "unknown --methods svm" in capsys.readouterr().err
+    assert "--methods: unknown svm" in capsys.readouterr().err
 
 
 def test_benchmark_refuses_one_gt_file_for_several_scenes(scene_dir, capsys):
@@ -148,7 +148,7 @@ def test_benchmark_refuses_one_gt_file_for_several_scenes(scene_dir, capsys):
 
 def test_metrics_json_has_the_3d_metrics(scene_dir):
     assert main(["--command", "rx", *cli_flags(scene_dir)]) == 0
-    metrics = json.loads((scene_dir / "results" / "tiny" / "latest" / "metrics.json").read_text())
+    metrics = json.loads((scene_folder(scene_dir / "results", "tiny") / "latest" / "metrics.json").read_text())
     m = metrics["metrics_3d"]
     assert np.isclose(m["AUC_OD"], m["AUC(D,F)"] + m["AUC(D,tau)"] - m["AUC(F,tau)"])
     assert os.path.isdir(metrics["results"])
@@ -158,7 +158,7 @@ def test_latest_folder_never_mixes_two_methods(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
-    latest = scene_dir / "results" / "tiny" / "latest"
+    latest = scene_folder(scene_dir / "results", "tiny") / "latest"
     assert (latest / "reconstructed_data.mat").exists()
     assert main(["--command", "rx", *flags]) == 0
     assert not (latest / "reconstructed_data.mat").exists()  # RX has no reconstruction
@@ -171,7 +171,7 @@ def test_an_interrupted_predict_leaves_every_results_view_one_runs_files(scene_d
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     assert main(["--command", "train", *flags]) == 0
     assert main(["--command", "predict", *flags]) == 0
-    tiny = scene_dir / "results" / "tiny"
+    tiny = scene_folder(scene_dir / "results", "tiny")
     before = {p.relative_to(tiny): p.read_bytes() for p in tiny.rglob("*") if p.is_file()}
 
     def killed(*args, **kwargs):

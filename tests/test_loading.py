@@ -69,7 +69,7 @@ def save_v73(folder, arrays, name="scene", matlab=True):
 def test_drop_bands_and_gt_file_with_a_mat_scene(tmp_path, capsys):
     """--drop_bands (numbered from 1) leaves bands out of a .mat scene too; --gt_file replaces its map."""
     save(tmp_path, {"data": HSI, "map": GT})
-    scene = load_scene(str(tmp_path), "scene", drop_bands=(1, 4, 5))
+    scene = load_scene(str(tmp_path), "scene", drop_bands=((1, 1), (4, 5)))
     assert scene.bands == [2, 3, 6] and np.array_equal(scene.hsi, HSI[:, :, [1, 2, 5]].astype(np.float32))
     assert scene.missing is None and np.array_equal(scene.gt, GT)
     other = np.zeros_like(GT)
@@ -78,7 +78,7 @@ def test_drop_bands_and_gt_file_with_a_mat_scene(tmp_path, capsys):
     scene = load_scene(str(tmp_path), "scene", gt_file=str(tmp_path / "other.mat"))
     assert np.array_equal(scene.gt, other) and "not the map inside" in capsys.readouterr().out
     with pytest.raises(UserError, match="has 6 bands"):
-        load_scene(str(tmp_path), "scene", drop_bands=(7,))
+        load_scene(str(tmp_path), "scene", drop_bands=((7, 7),))
 
 
 def test_v5_scene_loads_as_stored(tmp_path):

@@ -5,7 +5,8 @@ import torch
 
 import train as train_module
 from conftest import cli_flags, run_cli
-from main import build_parser, main
+from config import parse_config
+from main import main
 from runs import checkpoint_path, log_path, read_log, run_directory, saved_epochs
 from train import Interrupted, train
 
@@ -13,7 +14,7 @@ STEPS_PER_EPOCH = 4  # tiny scene: 120 patches in batches of 32
 
 
 def config_for(folder, *extra):
-    return build_parser().parse_args(cli_flags(folder, "tiny", *extra))
+    return parse_config(cli_flags(folder, "tiny", *extra))
 
 
 def interrupt_at(monkeypatch, call):
@@ -114,11 +115,13 @@ def test_sigint_in_a_real_process_saves_and_exits_cleanly(scene_dir):
     assert resumed.returncode == 0, resumed.stderr
 
 
-def test_resume_on_a_replaced_scene_is_a_user_error(scene_dir, capsys):
+def test_a_replaced_scene_is_a_new_scene_with_runs_of_its_own(scene_dir, capsys):
     import scipy.io
     from conftest import tiny_scene
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
     hsi, gt = tiny_scene(bands=4)
     scipy.io.savemat(scene_dir / "tiny.mat", {"data": hsi, "map": gt})
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "2", "--resume")]) == 2
-    assert "does not fit this scene's 4 bands" in capsys.readouterr().err
+    assert "nothing to resume" in capsys.readouterr().err  # the old run belongs to the old contents
+    assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
+    assert len(list((scene_dir / "checkpoints").iterdir())) == 2

@@ -13,8 +13,9 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import ROOT, cli_flags, run_cli, tiny_scene
-from main import build_parser, main
+from conftest import ROOT, cli_flags, run_cli, scene_folder, tiny_scene
+from config import build_parser, parse_config
+from main import main
 from runs import log_path, read_log, run_directory, run_lock, saved_epochs
 from utils import atomic_write_text
 
@@ -30,7 +31,7 @@ def one_error_line(capsys):
     ("--nch_ker", "0", "outside >= 1"), ("--learning_rate", "-1", "outside > 0"), ("--nblk", "-1", "outside >= 0"),
     ("--ratio", "1", "outside [0, 1)"), ("--epochs", "1.5", "not an integer"), ("--init_gain", "nan", "outside"),
     ("--batch_size", "0", "outside >= 1"), ("--weight_decay", "-1e-5", "outside >= 0"), ("--seed", "-1", "outside"),
-    ("--tile", "0", "outside >= 1"), ("--score_repeats", "0", "outside >= 1"), ("--patch", "1", "outside >= 2")])
+    ("--tile", "0", "outside >= 1"), ("--score_repeats", "0", "outside [1, 100]"), ("--score_repeats", "101", "outside [1, 100]"), ("--patch", "1", "outside >= 2")])
 def test_every_numeric_flag_is_range_checked_in_one_line(flag, value, expected, capsys):
     assert main(["--command", "train", f"{flag}={value}"]) == 2
     line = one_error_line(capsys)
@@ -72,7 +73,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(scene_dir, cap
     assert main(["--command", "train", *flags]) == 2
     line = one_error_line(capsys)
     assert "No space left on device" in line and "free some disk space" in line
-    run_dir = run_directory(build_parser().parse_args(flags))
+    run_dir = run_directory(parse_config(flags))
     assert saved_epochs(run_dir) == [] and not [f for f in os.listdir(run_dir) if f.startswith(".tmp")]
 
 
@@ -91,9 +92,9 @@ def test_damaged_checkpoints_are_one_line_in_predict(scene_dir, tmp_path, capsys
 def test_checkpoints_with_one_name_in_two_runs_keep_their_own_results(scene_dir, capsys):
     for seed in ("1", "2"):
         assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1", "--seed", seed)]) == 0
-    for checkpoint in (scene_dir / "checkpoints" / "tiny").glob("*/epoch_0001.pt"):
+    for checkpoint in (scene_folder(scene_dir / "checkpoints", "tiny")).glob("*/epoch_0001.pt"):
         assert main(["--command", "predict", *cli_flags(scene_dir, "tiny"), "--checkpoint", str(checkpoint)]) == 0
-    folders = [p for p in (scene_dir / "results" / "tiny").iterdir() if p.name.startswith("checkpoint_epoch_0001")]
+    folders = [p for p in (scene_folder(scene_dir / "results", "tiny")).iterdir() if p.name.startswith("checkpoint_epoch_0001")]
     assert len(folders) == 2
     seeds = {json.loads((f / "metrics.json").read_text())["train_config"]["seed"] for f in folders}
     assert seeds == {1, 2}
@@ -101,7 +102,7 @@ def test_checkpoints_with_one_name_in_two_runs_keep_their_own_results(scene_dir,
 
 def test_a_start_killed_before_its_first_checkpoint_can_restart_and_resume(scene_dir, capsys):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "2")
-    run_dir = run_directory(build_parser().parse_args(flags))
+    run_dir = run_directory(parse_config(flags))
     os.makedirs(run_dir)
     atomic_write_text(log_path(run_dir), "# config {}\nepoch\tloss\tseconds\tauc\n1\t3.0\t1.0\t\n")  # no checkpoint
     open(os.path.join(run_dir, ".tmp-abc.pt"), "w").close()  # what a kill during a save leaves
@@ -121,7 +122,7 @@ def test_sigterm_saves_like_ctrl_c(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "100000", "--save_freq", "100000")
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", *flags],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dir = run_directory(build_parser().parse_args(flags))
+    run_dir = run_directory(parse_config(flags))
     deadline = time.time() + 120
     while time.time() < deadline and not (os.path.exists(log_path(run_dir)) and read_log(log_path(run_dir))):
         time.sleep(0.2)
@@ -134,7 +135,7 @@ def test_sigterm_saves_like_ctrl_c(scene_dir):
 
 def test_a_second_training_of_one_run_is_refused_while_the_first_runs(scene_dir, capsys):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
-    run_dir = run_directory(build_parser().parse_args(flags))
+    run_dir = run_directory(parse_config(flags))
     with run_lock(run_dir):
         assert main(["--command", "train", *flags]) == 2
         assert "another training (process" in one_error_line(capsys)
@@ -158,7 +159,7 @@ def test_written_files_follow_the_umask(scene_dir):
 def test_overwrite_leaves_nothing_of_the_earlier_run(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "2", "--eval_every", "1")
     assert main(["--command", "train", *flags]) == 0
-    run_dir = run_directory(build_parser().parse_args(flags))
+    run_dir = run_directory(parse_config(flags))
     assert os.path.exists(os.path.join(run_dir, "training_curve.png"))
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1", "--overwrite")]) == 0
     assert sorted(os.listdir(run_dir)) == ["epoch_0001.pt", "train_log.tsv"]
@@ -191,11 +192,11 @@ def test_huge_values_are_scored_in_a_precision_that_cannot_overflow_or_refused(t
     hsi, gt = tiny_scene()
     scipy.io.savemat(tmp_path / "tiny.mat", {"data": hsi, "map": gt})
     assert main(["--command", "train", *cli_flags(tmp_path, "tiny", "--epochs", "1")]) == 0
-    checkpoint = str(next((tmp_path / "checkpoints" / "tiny").glob("*/epoch_0001.pt")))
+    checkpoint = str(next((scene_folder(tmp_path / "checkpoints", "tiny")).glob("*/epoch_0001.pt")))
     # values near 1e20: squared errors overflow float32 (the map used to be all zeros, AUC 0.5)
     scipy.io.savemat(tmp_path / "huge.mat", {"data": hsi * np.float32(1e18), "map": gt})
     assert main(["--command", "predict", *cli_flags(tmp_path, "huge"), "--checkpoint", checkpoint]) == 0
-    detectmap = scipy.io.loadmat(tmp_path / "results" / "huge" / "latest" / "detectmap.mat")["detectmap"]
+    detectmap = scipy.io.loadmat(scene_folder(tmp_path / "results", "huge") / "latest" / "detectmap.mat")["detectmap"]
     assert detectmap.min() == 0 and detectmap.max() == 1 and len(np.unique(detectmap)) > 50
     # values near float32's limit overflow the network itself: refused, in training and in prediction
     scipy.io.savemat(tmp_path / "limit.mat", {"data": hsi * np.float32(3e35), "map": gt})
@@ -222,7 +223,7 @@ def test_lrx_with_singular_windows_says_so(scene_dir, capsys):
     scipy.io.savemat(scene_dir / "wide.mat", {"data": hsi, "map": gt})
     assert main(["--command", "lrx", *cli_flags(scene_dir, "wide"), "--win_in", "1", "--win_out", "3"]) == 0
     assert "8 background pixels, not more than the 9 bands" in capsys.readouterr().out
-    assert "singular" in json.loads((scene_dir / "results" / "wide" / "latest" / "metrics.json").read_text())["note"]
+    assert "singular" in json.loads((scene_folder(scene_dir / "results", "wide") / "latest" / "metrics.json").read_text())["note"]
 
 
 def test_predict_of_a_missing_scene_blames_the_scene(scene_dir, capsys):
@@ -232,7 +233,7 @@ def test_predict_of_a_missing_scene_blames_the_scene(scene_dir, capsys):
 
 def test_empty_datasets_list_is_an_error(scene_dir, capsys):
     assert main(["--command", "benchmark", *cli_flags(scene_dir, "tiny"), "--datasets", ""]) == 2
-    assert "--datasets is empty" in one_error_line(capsys)
+    assert "--datasets: the list is empty" in one_error_line(capsys)
 
 
 def test_an_end_to_end_bad_flag_in_a_real_process():
@@ -249,7 +250,7 @@ def test_torchrun_with_a_last_batch_smaller_than_the_process_count(scene_dir):
                              os.path.join(ROOT, "main.py"), "--command", "train", *flags],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
-    losses = [row["loss"] for row in read_log(log_path(run_directory(build_parser().parse_args(flags))))]
+    losses = [row["loss"] for row in read_log(log_path(run_directory(parse_config(flags))))]
     assert len(losses) == 1 and np.isfinite(losses[0])
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import cli_flags
-from main import build_parser, main
+from config import parse_config
+from main import main
 from model import BS3LNet, init_weights, reconstruct
 from train import train
 
@@ -49,7 +50,7 @@ def test_tile_with_instance_norm_warns(scene_dir, capsys):
 
 def test_bf16_training_and_prediction_run_on_cpu(scene_dir):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "2", "--amp", "bf16")
-    losses = train(build_parser().parse_args(flags))
+    losses = train(parse_config(flags))
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert main(["--command", "predict", *flags]) == 0
 
@@ -66,7 +67,7 @@ def test_patches_per_epoch(scene_dir, monkeypatch, capsys):
     steps = []
     real = train_module.masked_loss
     monkeypatch.setattr(train_module, "masked_loss", lambda *a, **k: steps.append(a[0].shape[0]) or real(*a, **k))
-    train(build_parser().parse_args(cli_flags(scene_dir, "tiny", "--epochs", "2", "--patches_per_epoch", "40")))
+    train(parse_config(cli_flags(scene_dir, "tiny", "--epochs", "2", "--patches_per_epoch", "40")))
     assert steps == [32, 8, 32, 8]  # 40 patches per epoch in batches of 32
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--patches_per_epoch", "500")]) == 2
     assert "exceeds the scene's 120 patches" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 import torch
 
-from conftest import cli_flags, tiny_scene
+from conftest import cli_flags, scene_folder, tiny_scene
 from main import main
 from model import BS3LNet, init_weights, reconstruct
 from scoring import blindspot_partition, blindspot_reconstruct, group_count
@@ -81,7 +81,7 @@ def test_size_window_larger_than_the_scene_is_refused():
 def test_predict_with_blindspot_scoring_from_the_command_line(scene_dir, tmp_path, capsys):
     flags = cli_flags(scene_dir, "tiny", "--epochs", "2")
     assert main(["--command", "train", *flags]) == 0
-    checkpoint = next((scene_dir / "checkpoints" / "tiny").iterdir()) / "epoch_0002.pt"
+    checkpoint = next((scene_folder(scene_dir / "checkpoints", "tiny")).iterdir()) / "epoch_0002.pt"
     hsi, gt = tiny_scene()
     changed_dir = tmp_path / "changed"
     changed_dir.mkdir()
@@ -96,12 +96,12 @@ def test_predict_with_blindspot_scoring_from_the_command_line(scene_dir, tmp_pat
                          "--results_dir", str(results), "--scoring", scoring, "--score_repeats", "2"])
             assert code == 0
             folder = "latest"
-            metrics = json.loads((results / "tiny" / folder / "metrics.json").read_text())
-            assert os.readlink(results / "tiny" / "latest").startswith("checkpoint_epoch_0002_")
-            assert os.readlink(results / "tiny" / "latest").endswith("_blindspot_r2" if scoring == "blindspot" else "")
+            metrics = json.loads((scene_folder(results, "tiny") / folder / "metrics.json").read_text())
+            assert os.readlink(scene_folder(results, "tiny") / "latest").startswith("checkpoint_epoch_0002_")
+            assert os.readlink(scene_folder(results, "tiny") / "latest").endswith("_blindspot_r2" if scoring == "blindspot" else "")
             assert metrics["scoring"]["name"] == scoring and metrics["seconds"]["inference"] > 0
             assert metrics["scoring"].get("repeats") == (2 if scoring == "blindspot" else None)
-            recon[name, scoring] = scipy.io.loadmat(results / "tiny" / folder / "reconstructed_data.mat")[
+            recon[name, scoring] = scipy.io.loadmat(scene_folder(results, "tiny") / folder / "reconstructed_data.mat")[
                 "reconstructed_data"]
     np.testing.assert_allclose(recon["changed", "blindspot"][6, 4], recon["original", "blindspot"][6, 4], rtol=1e-5)
     assert np.abs(recon["changed", "official"][6, 4] - recon["original", "official"][6, 4]).max() > 1e-3
@@ -113,7 +113,7 @@ def test_one_scoring_for_predict_and_a_known_name(scene_dir, capsys):
     assert main(["--command", "predict", *flags, "--scoring", "official,blindspot"]) == 2
     assert "give one scoring" in capsys.readouterr().err
     assert main(["--command", "predict", *flags, "--scoring", "blind"]) == 2
-    assert "unknown --scoring" in capsys.readouterr().err
+    assert "--scoring: unknown blind" in capsys.readouterr().err
     assert main(["--command", "predict", *flags, "--scoring", "blindspot", "--score_repeats", "0"]) == 2
 
 
@@ -125,7 +125,7 @@ def test_benchmark_scores_one_training_both_ways(scene_dir):
     rows = [line.split("|")[2].strip() for line in table.splitlines() if line.startswith("| tiny")]
     assert rows == ["bs3lnet", "bs3lnet-blindspot", "rx"]
     assert "bs3lnet-blindspot against bs3lnet over 1 scenes: " in table
-    assert len(os.listdir(scene_dir / "checkpoints" / "tiny")) == 1  # trained once, scored twice
+    assert len(os.listdir(scene_folder(scene_dir / "checkpoints", "tiny"))) == 1  # trained once, scored twice
 
 
 def test_blindspot_scoring_with_bf16_and_during_training(scene_dir, monkeypatch):
@@ -142,7 +142,7 @@ def test_blindspot_scoring_with_bf16_and_during_training(scene_dir, monkeypatch)
     flags = cli_flags(scene_dir, "tiny", "--epochs", "2", "--eval_every", "1", "--seed", "5")
     assert main(["--command", "train", *flags, "--scoring", "blindspot", "--score_repeats", "1"]) == 0
     assert calls == [(3, 0.9, 5)] * 2  # one blind-spot scoring per evaluation, seeded by --seed
-    state = torch.load(next((scene_dir / "checkpoints" / "tiny").glob("*/epoch_0002.pt")), weights_only=True)
+    state = torch.load(next((scene_folder(scene_dir / "checkpoints", "tiny")).glob("*/epoch_0002.pt")), weights_only=True)
     assert sorted(state["aucs"]) == [1, 2]
 
 

@@ -6,13 +6,13 @@ import torch
 
 import dataset
 from conftest import cli_flags
-from main import build_parser
+from config import parse_config
 from runs import LOG_NAME, read_log, run_directory, saved_epochs
 from train import masked_loss, train
 
 
 def config_for(scene_dir, *extra):
-    return build_parser().parse_args(cli_flags(scene_dir, "tiny", *extra))
+    return parse_config(cli_flags(scene_dir, "tiny", *extra))
 
 
 def test_loss_sees_only_masked_entries_and_divides_by_all_elements():
