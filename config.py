@@ -109,6 +109,45 @@ def seed_list(text):
     return comma_list(number(int, 0, 2 ** 32 - 1))(text)
 
 
+def grid_terms(text):
+    """An argparse type: 'ratio=0.8,0.9 patch=15,19' -> (('ratio', (0.8, 0.9)), ('patch', (15, 19))).
+
+    Each term names a flag that changes the weights, the scene or a result, and each value is checked
+    as the flag itself would check it.
+    """
+    by_name = {item.name: item for item in fields(Config)}
+    terms = []
+    for term in text.split():
+        name, _, values = term.partition("=")
+        name = name.removeprefix("--")
+        item = by_name.get(name)
+        if item is None or item.metadata["role"] == NEITHER or name in ("dataset", "seed") \
+                or isinstance(item.default, tuple):
+            raise argparse.ArgumentTypeError(
+                f"'{term}': a grid term is flag=v1,v2 with a flag that changes the weights or a result (not "
+                "dataset or seed: use --datasets and --seeds)")
+        if not values or name in dict(terms):
+            raise argparse.ArgumentTypeError(f"'{term}': give each grid flag once, with its values (flag=v1,v2)")
+        terms.append((name, tuple(grid_value(item, value) for value in values.split(","))))
+    return tuple(terms)
+
+
+def grid_value(item, text):
+    """One grid value, checked like the flag's own value."""
+    meta = item.metadata
+    if item.type is bool:
+        if text not in ("on", "off"):
+            raise argparse.ArgumentTypeError(f"{item.name}={text}: a switch takes on or off")
+        return text == "on"
+    try:
+        value = meta["parse"](text) if meta["parse"] else text
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{item.name}: {error}") from None
+    if meta["choices"] and value not in meta["choices"]:
+        raise argparse.ArgumentTypeError(f"{item.name}={text}: choose from {', '.join(meta['choices'])}")
+    return value
+
+
 # ---- declarations ----
 
 def flag(default, role, help, group="further", *, parse=None, choices=None, tag=None, glued=False,
@@ -223,6 +262,13 @@ class Config:
     seeds: tuple = flag((1, 2, 3), NEITHER, "benchmark: comma-separated BS3LNet seeds", "benchmark", parse=seed_list)
     methods: tuple = flag(METHODS, NEITHER, "benchmark: comma-separated methods", "benchmark",
                           parse=comma_list(str, METHODS))
+    grid: tuple = flag((), NEITHER, "benchmark: flags to vary, space-separated flag=v1,v2 terms (e.g. 'ratio=0.8,0.9 "
+                       "patch=15,19'); every combination is run", "benchmark", parse=grid_terms)
+    jobs: int = flag(1, NEITHER, "benchmark: trainings run at once, in separate processes sharing the CPU threads "
+                     "(or one GPU)", "benchmark", parse=positive_int())
+    scheduler: str = flag(None, NEITHER, "benchmark: send the jobs to the Dask cluster at this address "
+                          "(tcp://host:8786) instead; checkpoints and results must be on a filesystem every worker "
+                          "sees", "benchmark")
 
     def __post_init__(self):
         """Checks across flags (each flag's own range or choice is checked when it is parsed)."""
@@ -234,6 +280,8 @@ class Config:
         if self.size_window > self.patch:
             raise UserError(f"--size_window {self.size_window} must be at most --patch ({self.patch}) so that every "
                             "target has a source other than itself inside the patch")
+        if self.jobs > 1 and self.scheduler:
+            raise UserError("--jobs and --scheduler both say where jobs run: pass one")
         if self.gt_file is not None and self.datasets is not None and len(self.datasets) > 1:
             raise UserError(f"--gt_file names one scene's map, but --datasets lists {len(self.datasets)} scenes: "
                             "benchmark a scene with a map of its own on its own")
@@ -246,6 +294,18 @@ class Config:
     def single_scoring(self):
         """The one scoring of a train or predict command."""
         return self.scoring[0]
+
+
+def role_of(name):
+    """The role a Config field declares."""
+    return next(item.metadata["role"] for item in fields(Config) if item.name == name)
+
+
+def changes_result(name, method):
+    """Whether flag `name` changes the results of `method` (its run's weights, its scene, or the result itself)."""
+    meta = next(item.metadata for item in fields(Config) if item.name == name)
+    return meta["role"] == SCENE or meta["role"] == WEIGHTS and method == "bs3lnet" \
+        or meta["role"] == RESULT and (not meta["methods"] or method in meta["methods"])
 
 
 def checkpoint_tag(path):
@@ -332,7 +392,7 @@ def default_text(value):
     """A default as the command line would give it (so argparse parses it like a given value)."""
     if isinstance(value, tuple):
         return ",".join(range_list_text([v], "") if isinstance(v, tuple) else str(v) for v in value)
-    return value
+    return value  # --grid's default () gives '', which grid_terms reads as no term
 
 
 def build_parser():

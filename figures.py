@@ -30,27 +30,41 @@ def _save(fig, path):
 def plot_roc(path, curves, log_pf=False, title="ROC curves"):
     """Write a PNG of P_D against P_F for {label: (gt, score_map)}, AUC(D,F) in the legend.
 
-    With log_pf the P_F axis is logarithmic from PF_FLOOR, where P_F = 0 is drawn.
+    Two panels side by side: a linear P_F axis and a logarithmic one from PF_FLOOR (where P_F = 0 is
+    drawn), which shows the low false-alarm rates detectors are judged by. With log_pf only the latter.
     """
     plt = _pyplot()
-    fig, axis = plt.subplots(figsize=(5.4, 4.6), constrained_layout=True)
+    scales = (True,) if log_pf else (False, True)
+    fig, axes = plt.subplots(1, len(scales), figsize=(5.4 * len(scales), 4.6), constrained_layout=True,
+                             squeeze=False)
+    for axis, log in zip(axes[0], scales):
+        _roc_panel(axis, curves, log)
+    if len(scales) == 1:
+        axes[0, 0].set_title(title, fontsize=10)
+    else:
+        fig.suptitle(title)
+        for axis, scale in zip(axes[0], ("linear", "log")):
+            axis.set_title(f"{scale} $P_F$ axis", fontsize=10)
+    _save(fig, path)
+
+
+def _roc_panel(axis, curves, log):
+    """One ROC panel on `axis`, its P_F axis linear or logarithmic."""
     for index, (label, (gt, score_map)) in enumerate(curves.items()):
         _, detection, false_alarm = roc_points(gt, score_map)
-        if log_pf:
+        if log:
             false_alarm = np.maximum(false_alarm, PF_FLOOR)
         axis.plot(false_alarm, detection, label=f"{label} (AUC = {auc_score(gt, score_map):.4f})", **_style(index))
-    if log_pf:
+    if log:
         axis.set_xscale("log")
         axis.set_xlim(PF_FLOOR, 1)
     else:
         axis.plot([0, 1], [0, 1], color="gray", linewidth=0.8, linestyle=":")
         axis.set_xlim(0, 1)
     axis.set_ylim(0, 1.01)
-    axis.set(xlabel="false alarm rate $P_F$" + (" (log scale)" if log_pf else ""),
-             ylabel="detection probability $P_D$", title=title)
+    axis.set(xlabel="false alarm rate $P_F$" + (" (log scale)" if log else ""), ylabel="detection probability $P_D$")
     axis.grid(True, which="major", alpha=0.5)
-    axis.legend(loc="upper left" if log_pf else "lower right", fontsize=9)  # where ROC curves seldom run
-    _save(fig, path)
+    axis.legend(loc="upper left" if log else "lower right", fontsize=9)  # where ROC curves seldom run
 
 
 def plot_roc_3d(path, curves, title="3D ROC curves", projections=True):
@@ -104,7 +118,7 @@ def plot_separation(path, maps, gt, title="Anomaly-background separation"):
     """
     plt = _pyplot()
     from matplotlib.patches import Patch
-    fig, axis = plt.subplots(figsize=(max(4.5, 1.3 * len(maps) + 1.8), 4.4), constrained_layout=True)
+    fig, axis = plt.subplots(figsize=(max(5.2, 1.3 * len(maps) + 1.8), 4.6), constrained_layout=True)
     for index, score_map in enumerate(maps.values()):
         labels, scores = labelled_scores(gt, score_map)
         boxes = axis.boxplot([scores[labels], scores[~labels]], positions=[index - 0.18, index + 0.18],
@@ -113,7 +127,8 @@ def plot_separation(path, maps, gt, title="Anomaly-background separation"):
         for box, colour in zip(boxes["boxes"], (ANOMALY_RED, BACKGROUND_BLUE)):
             box.set(facecolor=colour, edgecolor="black", alpha=0.85)
     axis.set_xticks(range(len(maps)), list(maps))
-    axis.set(xlim=(-0.6, len(maps) - 0.4), ylim=(-0.02, 1.02), ylabel="normalised detection score", title=title)
+    axis.set(xlim=(-0.6, len(maps) - 0.4), ylim=(-0.02, 1.02), ylabel="normalised detection score")
+    axis.set_title(title, fontsize=10)
     axis.grid(True, axis="y", alpha=0.5)
     axis.legend(handles=[Patch(facecolor=ANOMALY_RED, edgecolor="black", label="anomaly"),
                          Patch(facecolor=BACKGROUND_BLUE, edgecolor="black", label="background")],
@@ -122,19 +137,22 @@ def plot_separation(path, maps, gt, title="Anomaly-background separation"):
 
 
 def plot_detection_map(path, score_map, gt, title):
-    """Write a PNG of the detection map (jet, with a colour bar) beside the ground truth, if there is one."""
+    """Write a PNG of the detection map (jet, with a colour bar) beside the ground truth, if there is one,
+    on pixel axes (column, row)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
     panels = 1 if gt is None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 4.2), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 4.6), constrained_layout=True, squeeze=False)
     shown = axes[0, 0].imshow(score_map, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
-    axes[0, 0].set_title(title)
-    fig.colorbar(shown, ax=axes[0, 0], fraction=0.046, pad=0.04)
+    axes[0, 0].set_title(title, fontsize=10)
+    fig.colorbar(shown, ax=axes[0, 0], fraction=0.046, pad=0.04, label="normalised detection score")
     if gt is not None:
         axes[0, 1].imshow(gt, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        axes[0, 1].set_title(f"ground truth ({int(gt.sum())} anomaly pixels)")
-    for axis in axes.ravel():
-        axis.set_xticks([])
-        axis.set_yticks([])
+        axes[0, 1].set_title(f"ground truth ({int(gt.sum())} anomaly pixels)", fontsize=10)
+    for axis in axes.ravel():  # pixel coordinates, counted from 0 at the top left as in the arrays
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set(xlabel="column (pixel)", ylabel="row (pixel)")
     _save(fig, path)
 
 
@@ -154,4 +172,18 @@ def plot_training_curve(path, losses, aucs, title):
     auc_axis.set_ylabel("AUC(D,F)")
     handles = loss_axis.get_legend_handles_labels()[0] + auc_axis.get_legend_handles_labels()[0]
     loss_axis.legend(handles=handles, loc="center right", fontsize=9)
+    _save(fig, path)
+
+
+def plot_sensitivity(path, flag, values, lines):
+    """Write a PNG of AUC against a flag's values: {label: [(value index, mean AUC, std over seeds), ...]}."""
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(6, 4.4), constrained_layout=True)
+    for index, (label, points) in enumerate(lines.items()):
+        where, means, spreads = zip(*points)
+        axis.errorbar(where, means, yerr=spreads, label=label, capsize=3, marker="o", markersize=4, **_style(index))
+    axis.set_xticks(range(len(values)), values)
+    axis.set(xlabel=f"--{flag}", ylabel="AUC(D,F) (mean ± std over seeds)", title=f"Sensitivity to --{flag}")
+    axis.grid(True, alpha=0.5)
+    axis.legend(fontsize=8, loc="best")
     _save(fig, path)

@@ -5,8 +5,8 @@ import signal
 import sys
 import threading
 
-import distributed
-from benchmark import benchmark, failed_jobs
+import data_parallel
+from benchmark import benchmark
 from config import parse_config
 from detectors import detect_with_baseline
 from predict import predict
@@ -53,7 +53,7 @@ def main(argv=None):
         elif config.command in ("rx", "lrx"):
             detect_with_baseline(config, config.command)
         else:
-            failures = failed_jobs(benchmark(config, command_line(argv)))
+            failures = benchmark(config, command_line(argv))
             if failures:
                 print(f"error: {failures} benchmark job(s) failed: see the 'failed' column", file=sys.stderr)
                 return 1
@@ -75,13 +75,13 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     finally:
-        distributed.cleanup(completed)
+        data_parallel.cleanup(completed)
     return 0
 
 
 if __name__ == "__main__":
     status = main()
-    if distributed.launched():
+    if data_parallel.launched():
         # Under torchrun, leave without running the C++ runtime's exit handlers: gloo's threads are still
         # joinable then, and destroying them aborts the process ("terminate called without an active
         # exception") after a command that completed; every file is closed and written by now.

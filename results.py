@@ -78,14 +78,18 @@ def write_result_files(config, out_dir, method, score_map, scene, extra_files, i
         metrics["metrics_3d"] = metrics_3d(gt, scores)
         metrics["auc"] = metrics["metrics_3d"]["AUC(D,F)"]
     name = scene_name(config.dataset)
-    title = f"{name}: {method}" + (f", AUC {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
+    run = [f"epoch {metrics['epoch']}"] if metrics.get("epoch") is not None else []  # baselines have no epoch
+    if (metrics.get("scoring") or {}).get("name") == "official":  # blind-spot scoring is named in `method`
+        run.append("official scoring")
+    run = f"{name}: {method}" + "".join(f", {part}" for part in run)  # scene, method, epoch, scoring
+    title = run + (f"\nAUC(D,F) {metrics['auc']:.4f}" if metrics["auc"] is not None else "")
     plot_detection_map(os.path.join(out_dir, "detectmap.png"), score_map, scene.gt, title)
     if metrics["auc"] is not None:
         curves = {method: (gt, scores)}
-        plot_roc(os.path.join(out_dir, "roc.png"), curves, log_pf=config.roc_log, title=f"{name}: ROC")
-        plot_roc_3d(os.path.join(out_dir, "roc3d.png"), curves, title=f"{name}: 3D ROC")
+        plot_roc(os.path.join(out_dir, "roc.png"), curves, log_pf=config.roc_log, title=f"ROC\n{run}")
+        plot_roc_3d(os.path.join(out_dir, "roc3d.png"), curves, title=f"3D ROC\n{run}")
         plot_separation(os.path.join(out_dir, "separation.png"), {method: scores}, gt,
-                        title=f"{name}: score separation")
+                        title=f"Score separation\n{run}")
     return metrics
 
 

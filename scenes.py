@@ -3,6 +3,7 @@ an H x W x B cube, its ground truth, its no-data pixels filled as context, and i
 import functools
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,6 +16,7 @@ from utils import UserError
 SYNTHETIC = "synthetic"
 SCENE_SUFFIXES = (".mat",) + RASTER_SUFFIXES
 MOSTLY_MISSING = 0.5  # a note when more than this share of the pixels is no-data
+ABU_SCENE = re.compile(r"abu-(airport-[1-4]|beach-[1-4]|urban-[1-5])")  # the ABU set's 13 scenes
 
 
 @dataclass
@@ -187,9 +189,26 @@ def scene_path(data_dir, dataset):
         os.path.isfile(dataset + suffix) or os.path.isfile(os.path.join(data_dir, dataset + suffix)))]
     if found:  # named as --dataset finds it: a path, or a name in --data_dir
         raise UserError(f"scene {dataset} names no .mat file, but {found[0]} is a scene: pass --dataset {found[0]}")
+    hint = None if suffixed or os.path.dirname(dataset) else where_to_get(dataset)
     raise UserError(f"scene file {in_data_dir} not found: put {os.path.basename(in_data_dir)} in {data_dir} "
                     "(or pass --data_dir, or a path to a .mat, .hdr or .tif file as --dataset), or use "
-                    "--dataset synthetic")
+                    "--dataset synthetic" + (f"; {hint}; see README 'Reproduce the paper'" if hint else ""))
+
+
+def where_to_get(name):
+    """Where the public scene `name` (no folder, no suffix) can be downloaded, or None for other names."""
+    key = name.lower()
+    if key == "hydice-ii":
+        return (f"{name}.mat is the paper's own file: get data/HYDICE-II.mat from "
+                "github.com/DegangWang97/IEEE_TGRS_BS3LNet")
+    if key in ("aviris-i", "aviris-ii", "aviris-i_cnnd", "aviris-ii_cnnd"):
+        base = key.split("_")[0].upper()
+        return (f"the paper's repository holds no {base}.mat: a public file of that name is input/{base}.mat in "
+                f"github.com/yuchaoY/CNND (not verified identical to the paper's), to save as {name}.mat")
+    if ABU_SCENE.fullmatch(key):
+        return (f"{name}.mat is an ABU scene (Kang et al., IEEE TGRS 2017; xudongkang.weebly.com), also in data/ of "
+                "github.com/jiojio0505/OT-AD")
+    return None
 
 
 def synthetic_scene(height=40, width=48, bands=32, seed=0):

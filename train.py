@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from tqdm import tqdm
 
-import distributed
+import data_parallel
 from dataset import BlindSpotSampler
 from scenes import scene_from_config
 from figures import plot_training_curve
@@ -49,18 +49,18 @@ def masked_loss(output, label, mask, kind="l1", count=None):
 def train_epoch(net, optimizer, scaler, sampler, batches, config, desc):
     """One pass over `batches` of (patch indices, targets, sources); returns the mean batch loss.
 
-    Under torchrun each global batch is split between the processes (distributed.shard), and each
+    Under torchrun each global batch is split between the processes (data_parallel.shard), and each
     process's masked sum is divided by the global batch's element count times the process count, so the
     averaged gradient is the gradient of the global batch's loss.
     """
     net.train()
     loss_sum = torch.zeros((), device=sampler.device)
-    progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=distributed.rank() != 0)
+    progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=data_parallel.rank() != 0)
     for step, batch in enumerate(progress, start=1):
         count = None
-        if distributed.world_size() > 1:
-            count = batch[0].numel() * sampler.bands * config.patch ** 2 / distributed.world_size()
-            batch = distributed.shard(batch)
+        if data_parallel.world_size() > 1:
+            count = batch[0].numel() * sampler.bands * config.patch ** 2 / data_parallel.world_size()
+            batch = data_parallel.shard(batch)
         inputs, label, mask = sampler.batch(*batch)
         with autocast(sampler.device, config.amp):
             output = net(inputs)
@@ -68,13 +68,13 @@ def train_epoch(net, optimizer, scaler, sampler, batches, config, desc):
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if count is not None:
-            distributed.average_gradients(net)
+            data_parallel.average_gradients(net)
         scaler.step(optimizer)
         scaler.update()
         loss_sum += loss.detach()  # stays on the device: no host synchronisation per step
         if step % 10 == 0 or step == len(batches):
             progress.set_postfix(loss=f"{loss_sum.item() / step:.4f}")
-    return distributed.mean_over_processes(loss_sum).item() / len(batches)
+    return data_parallel.mean_over_processes(loss_sum).item() / len(batches)
 
 
 @dataclass
@@ -192,8 +192,8 @@ def set_up(config, device, resumed):
     # The sampler's patches are laid out channels-last already; with the weights in the same layout the
     # CPU convolutions ran 15 % faster (bench/cpu_variants.py), with results equal up to float rounding.
     net.to(device, memory_format=torch.channels_last)
-    if distributed.world_size() > 1:
-        distributed.synchronise_batch_norm(net)
+    if data_parallel.world_size() > 1:
+        data_parallel.synchronise_batch_norm(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate, betas=(0.5, 0.999),
                                  weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
@@ -214,7 +214,7 @@ def set_up(config, device, resumed):
         for name, generator in generators.items():  # after the initial draw, which they already include
             generator.set_state(resumed["generators"][name])
     session.patches = config.patches_per_epoch or sampler.num_patches
-    if distributed.rank() == 0:
+    if data_parallel.rank() == 0:
         print(f"scene {config.dataset}: {sampler.height} x {sampler.width} pixels, {sampler.bands} bands; "
               f"{session.patches} patches of {config.patch} x {config.patch} per epoch, {sampler.n_targets} "
               f"blind spots each; set-up {time.perf_counter() - started:.2f} s")
@@ -260,7 +260,7 @@ def run_epochs(run_dir, config, session, after_epoch):
 
     On Ctrl-C (or SIGTERM) the last completed epoch is saved and Interrupted says how to continue.
     """
-    is_main = distributed.rank() == 0
+    is_main = data_parallel.rank() == 0
     scene_auc = auc_tracker(config, session.sampler, session.scene.gt, session.scene.missing) if is_main else None
     snapshot, saved_epoch, epoch = None, session.first_epoch - 1, session.first_epoch
     try:
@@ -326,10 +326,10 @@ def train(config, after_epoch=None):
 
     `after_epoch(epoch, net, loss)`, if given, is called after each epoch (the net is left in train mode).
     """
-    device = distributed.setup(config.device, config.gpu_ids)
-    is_main = distributed.rank() == 0
+    device = data_parallel.setup(config.device, config.gpu_ids)
+    is_main = data_parallel.rank() == 0
     if is_main:
-        print(f"device: {device}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1
+        print(f"device: {device}" + (f" x {data_parallel.world_size()} processes" if data_parallel.world_size() > 1
                                      else ""))
     if config.amp == "fp16" and device.type != "cuda":
         raise UserError("--amp fp16 needs a GPU: use --amp bf16 on CPU")
@@ -354,7 +354,7 @@ def dry_run(config, device):
     """Train one batch to check the data and settings; save nothing."""
     session = set_up(config, device, None)
     loss = session.train_batches(config, "dry run", max_batches=1)
-    if distributed.rank() == 0:
+    if data_parallel.rank() == 0:
         print(f"dry run: one batch trained, loss {loss:.4f}; nothing saved")
     return [loss]
 

@@ -22,7 +22,7 @@ ALTERNATIVES = dict(
     score_repeats=2, tile=16, win_in=5, win_out=11, gt_key="map", gt_file="gt.mat", command="predict",
     gpu_ids="1", checkpoints_dir="./c", results_dir="./r", save_freq=5, device="cpu", overwrite=True,
     dry_run=True, resume=True, eval_every=2, roc_log=True, keep_subnormals=True, datasets=("a", "b"),
-    seeds=(4,), methods=("rx",))
+    seeds=(4,), methods=("rx",), grid=(("ratio", (0.8,)),), jobs=2, scheduler="tcp://127.0.0.1:8786")
 SETTING = dict(score_repeats=dict(scoring=("blindspot",)), tile=dict(norm_mode="inorm"))
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import types
 
 import matplotlib.image
 import numpy as np
@@ -9,8 +10,11 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import SHARED_DATA, needs_shared_data
 from detectors import lrx, rx
-from figures import plot_roc, plot_roc_3d, plot_separation
+import figures
+from figures import plot_detection_map, plot_roc, plot_roc_3d, plot_separation
 from metrics import METRIC_KEYS, format_metrics_table, metrics_3d, min_max, roc_points
+from results import write_result_files
+from scenes import Scene
 from utils import UserError
 
 
@@ -163,12 +167,65 @@ def assert_png(path):
     assert not [name for name in os.listdir(os.path.dirname(path)) if name.startswith(".tmp")]
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """What each figure held when saved: {file name: [(title, x label, y label, x scale, tick labels), ...]},
+    the figure's own title under 'suptitle'."""
+    found, save = {}, figures._save
+
+    def record(fig, path):
+        found[os.path.basename(path)] = dict(suptitle=fig._suptitle.get_text() if fig._suptitle else "", axes=[
+            (axis.get_title(), axis.get_xlabel(), axis.get_ylabel(), axis.get_xscale(),
+             [label.get_text() for label in axis.get_xticklabels() + axis.get_yticklabels()])
+            for axis in fig.axes if axis.get_label() != "<colorbar>"])
+        save(fig, path)
+    monkeypatch.setattr(figures, "_save", record)
+    return found
+
+
 @pytest.mark.parametrize("log_pf", [False, True])
-def test_plot_roc_writes_a_png(tmp_path, log_pf):
+def test_plot_roc_writes_a_png(tmp_path, log_pf, drawn):
     gt, score_map = labelled_map()
     path = str(tmp_path / "roc.png")
-    plot_roc(path, {"noisy": (gt, score_map), "perfect": (gt, gt)}, log_pf=log_pf)
+    plot_roc(path, {"noisy": (gt, score_map), "perfect": (gt, gt)}, log_pf=log_pf, title="scene X")
     assert_png(path)
+    axes = drawn["roc.png"]["axes"]
+    # both P_F scales side by side; log_pf: the log scale alone
+    assert [axis[3] for axis in axes] == (["log"] if log_pf else ["linear", "log"])
+    assert all(axis[2] == "detection probability $P_D$" and "$P_F$" in axis[1] for axis in axes)
+    assert "scene X" in (axes[0][0] if log_pf else drawn["roc.png"]["suptitle"])
+
+
+def test_detection_map_has_pixel_axes(tmp_path, drawn):
+    gt, score_map = labelled_map()
+    plot_detection_map(str(tmp_path / "detectmap.png"), min_max(score_map), gt, "scene X")
+    assert_png(str(tmp_path / "detectmap.png"))
+    axes = drawn["detectmap.png"]["axes"]
+    assert len(axes) == 2 and axes[0][0] == "scene X" and axes[1][0].startswith("ground truth")
+    for _, xlabel, ylabel, _, ticks in axes:
+        assert (xlabel, ylabel) == ("column (pixel)", "row (pixel)")
+        shown = [int(text.replace("\u2212", "-")) for text in ticks if text]  # whole pixels
+        assert shown and 0 in shown and max(shown) >= 8
+
+
+@pytest.mark.parametrize("method, info, expected, absent", [
+    ("BS3LNet", dict(epoch=170, scoring=dict(name="official")), "HYDICE-II: BS3LNet, epoch 170, official scoring",
+     None),
+    ("BS3LNet (blind-spot scoring, R=4)", dict(epoch=5, scoring=dict(name="blindspot")),
+     "HYDICE-II: BS3LNet (blind-spot scoring, R=4), epoch 5", "official"),
+    ("RX", dict(), "HYDICE-II: RX", "epoch")])
+def test_result_titles_name_scene_epoch_and_scoring(tmp_path, drawn, method, info, expected, absent):
+    gt, score_map = labelled_map()
+    config = types.SimpleNamespace(dataset="HYDICE-II", roc_log=False)
+    metrics = write_result_files(config, str(tmp_path), method, min_max(score_map), Scene(
+        hsi=np.zeros(gt.shape + (3,), np.float32), gt=gt), None, info)
+    titles = {name: figure["suptitle"] + " | " + " | ".join(axis[0] for axis in figure["axes"])
+              for name, figure in drawn.items()}
+    assert sorted(titles) == ["detectmap.png", "roc.png", "roc3d.png", "separation.png"]
+    assert f"AUC(D,F) {metrics['auc']:.4f}" in titles["detectmap.png"]
+    for name, title in titles.items():
+        assert expected in title, (name, title)
+        assert absent is None or absent not in title, (name, title)
 
 
 @pytest.mark.parametrize("projections", [True, False])

@@ -107,20 +107,20 @@ def test_ctrl_c_stops_the_benchmark_keeps_finished_jobs_and_says_how_to_continue
     flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
     calls = []
 
-    def run_one(config, method):
-        calls.append(method)
+    def run_job(config, job):
+        calls.append(job.method)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_run_one(config, method)
-    real_run_one = benchmark.run_one
-    monkeypatch.setattr(benchmark, "run_one", run_one)
+        return real_run_job(config, job)
+    real_run_job = benchmark.run_job
+    monkeypatch.setattr(benchmark, "run_job", run_job)
     code = main(["--command", "benchmark", "--seeds", "1", "--methods", "rx,lrx,bs3lnet", *flags])
     assert code == 130 and calls == ["rx", "lrx"]  # stopped: the third job never started
     err = capsys.readouterr().err
     assert "interrupted during job 2 of 3" in err
     assert f"Continue with: {sys.executable} main.py --command benchmark" in err
     table = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
-    assert "Interrupted during job 2 of 3" in table
+    assert "Stopped early (interrupted during job 2 of 3): 1 of 3 jobs finished" in table
     assert [line.split("|")[7].strip() for line in table.splitlines() if line.startswith("| tiny")] == ["1", "0", "0"]
 
 

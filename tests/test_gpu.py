@@ -17,7 +17,7 @@ import conftest
 from conftest import FIXTURES, ROOT, cli_flags, tiny_scene
 from dataset import BlindSpotSampler
 from scenes import fill_missing
-import distributed
+import data_parallel
 from config import parse_config
 from main import main
 from model import BS3LNet, init_weights, load_checkpoint, reconstruct
@@ -218,7 +218,7 @@ def test_gpu_devices_are_named_with_their_index(monkeypatch):
     assert str(resolve_device("cuda")) == "cuda:0"
     assert str(resolve_device("cuda:1")) == "cuda:1"
     assert str(resolve_device("auto", "1,0")) == "cuda:1"
-    assert str(distributed.setup("cuda", "0")) == "cuda:0"  # one process, as `torchrun --nproc_per_node 1`
+    assert str(data_parallel.setup("cuda", "0")) == "cuda:0"  # one process, as `torchrun --nproc_per_node 1`
 
 
 def torchrun(*args):
@@ -240,7 +240,7 @@ import copy, sys
 import torch
 from torch import distributed as dist
 sys.path.insert(0, {root!r})
-import distributed
+import data_parallel
 from model import BS3LNet, init_weights
 from utils import set_tf32
 
@@ -252,11 +252,11 @@ if device.type == "cuda":
 torch.manual_seed(0)
 plain = BS3LNet(6, 8, 1).to(device)
 init_weights(plain, "normal", 0.3)
-synced = distributed.synchronise_batch_norm(copy.deepcopy(plain))
+synced = data_parallel.synchronise_batch_norm(copy.deepcopy(plain))
 x = 10 * torch.randn(4, 6, 9, 9, device=device)
 for net in (plain, synced):
     net(x).square().mean().backward()
-distributed.average_gradients(synced)
+data_parallel.average_gradients(synced)
 for (name, a), b in zip(plain.state_dict().items(), synced.state_dict().values()):
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
 for (name, a), b in zip(plain.named_parameters(), synced.parameters()):
@@ -270,7 +270,7 @@ print("collectives ok")
 @pytest.mark.parametrize("backend, device", [pytest.param("nccl", "cuda:0", marks=needs_cuda),
                                              pytest.param("gloo", "cpu", marks=pytest.mark.slow)])
 def test_collectives_of_multi_process_training(tmp_path, backend, device):
-    """torchrun with one GPU process trains without a process group (distributed.setup's single-process
+    """torchrun with one GPU process trains without a process group (data_parallel.setup's single-process
     path), so this runs the collectives multi-GPU training uses under nccl: BatchNorm over the global
     batch and averaged gradients, which with one process must equal plain BatchNorm and plain gradients.
     The gloo twin on the CPU checks the same comparison and its tolerances where no GPU is."""

@@ -1,0 +1,287 @@
+"""Epoch curves: can a label-free statistic choose the training epoch as well as the ground truth would?
+
+    python bench/epoch_curves.py --checkpoints_dir /work/curves/checkpoints --data_dir ../shared/data \
+        [--jobs 2 --threads 2] [--no_train]
+    python bench/epoch_curves.py --report [--target auc_blindspot]
+
+Jobs are scene x seed (JOBS). Each run is trained with the default flags to 30 epochs with a checkpoint
+every 5 (`main.py --command train --epochs 30 --save_freq 5`; a partial run is resumed with --resume,
+a finished one reused; a run whose folder holds a `.lock` naming a live process is being trained
+elsewhere and is skipped as in progress; --no_train evaluates finished runs only). A run's folder is
+found by its log's `# config` line (dataset, seed, fp32), not by its name. Every checkpoint is then
+evaluated on the CPU in fp32: the AUC of official scoring (model.reconstruct of the whole scene,
+metrics.detection_map, auc_score), the AUC of blind-spot scoring (R=1, seeded by the run's seed)
+and every statistic of label_free.py. A job's rows are appended to bench/epoch_curves.csv when it
+ends; jobs already there are skipped, so the same command resumes the study. --jobs N runs N jobs
+in parallel processes, --threads divided between them. bench/figures/epoch_curves.png plots the AUC
+against the epoch, one line per scene (seed 1).
+
+--report prints markdown tables from the CSV: the AUC of every checkpoint, and for each selector of
+label_free.py and each fixed epoch the regret per scene (the best checkpoint's AUC minus the chosen
+checkpoint's, averaged over the scene's seeds), with its mean and worst over scenes. Thresholds are
+chosen leave-one-scene-out: on the other scenes' regret, never on the reported scene's.
+"""
+import argparse
+import csv
+import glob
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from label_free import (SELECTORS, STATISTICS, leave_one_scene_out, moving_variances, pixel_errors,  # noqa: E402
+                        regret, run_statistics)
+from runs import LOCK_NAME, LOG_NAME, checkpoint_path, read_log, saved_epochs  # noqa: E402
+from scenes import scene_name  # noqa: E402
+
+SCENES = ["HYDICE-II", "abu-airport-1", "abu-urban-1", "abu-airport-2", "abu-beach-2", "abu-urban-2",
+          "abu-airport-3", "abu-airport-4", "abu-beach-3", "abu-urban-3", "abu-urban-4", "abu-urban-5",
+          "abu-beach-1", "AVIRIS-II_CNND", "sandiego-100x100x189-58px", "hydice-urban-80x100x162-17px"]
+JOBS = [(scene, 1) for scene in SCENES] + [(scene, seed) for scene in ("abu-airport-1", "HYDICE-II") for seed in (2, 3)]
+EPOCHS, SAVE_FREQ = 30, 5
+CHECKPOINT_EPOCHS = list(range(SAVE_FREQ, EPOCHS + 1, SAVE_FREQ))
+FIXED_EPOCHS = (5, 10, 20, 30)
+COLUMNS = ("scene", "seed", "epoch", "precision", "loss", "auc", "auc_blindspot") + STATISTICS
+CSV_PATH = os.path.join(ROOT, "bench", "epoch_curves.csv")
+FIGURE_PATH = os.path.join(ROOT, "bench", "figures", "epoch_curves.png")
+
+
+def log_config(path):
+    """The `# config` JSON on a training log's first line, or None."""
+    with open(path) as log:
+        first = log.readline()
+    return json.loads(first[len("# config "):]) if first.startswith("# config ") else None
+
+
+def find_run(checkpoints_dir, scene, seed):
+    """The run folder under `checkpoints_dir` whose log's config names `scene` and `seed`, trained in
+    fp32 (amp off), or None; the one with most checkpoints if several."""
+    found = []
+    for path in glob.glob(os.path.join(checkpoints_dir, "**", LOG_NAME), recursive=True):
+        config = log_config(path)
+        if config and scene_name(config["dataset"]) == scene and config["seed"] == seed and config["amp"] == "off":
+            found.append(os.path.dirname(path))
+    return max(found, key=lambda run_dir: len(saved_epochs(run_dir)), default=None)
+
+
+def training_in_progress(run_dir):
+    """Whether another process is training `run_dir`: its `.lock` names a live process (or no one yet)."""
+    try:
+        with open(os.path.join(run_dir, LOCK_NAME)) as lock:
+            owner = lock.read().strip()
+    except FileNotFoundError:
+        return False
+    if not owner.isdigit():
+        return True  # just created, its owner not yet written
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def train_run(scene, seed, args, threads, resume):
+    """Train (or resume) the job's run through the command line; (ok, the output's last line)."""
+    command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--dataset", scene,
+               "--data_dir", args["data_dir"], "--seed", str(seed), "--epochs", str(EPOCHS),
+               "--save_freq", str(SAVE_FREQ), "--checkpoints_dir", args["checkpoints_dir"]]
+    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    done = subprocess.run(command + (["--resume"] if resume else []), capture_output=True, text=True,
+                          env=environment, cwd=ROOT)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return done.returncode == 0, lines[-1] if lines else ""
+
+
+def evaluate_run(scene, seed, run_dir, data_dir):
+    """The CSV rows of a finished run: per checkpoint the loss, both AUCs and every label-free statistic."""
+    from metrics import auc_score, detection_map
+    from model import load_checkpoint, reconstruct
+    from scenes import load_scene
+    from scoring import blindspot_reconstruct
+    config = log_config(os.path.join(run_dir, LOG_NAME))
+    log_rows = read_log(os.path.join(run_dir, LOG_NAME))
+    losses = {row["epoch"]: row["loss"] for row in log_rows}
+    loaded = load_scene(data_dir, scene)
+    hsi, gt, missing = loaded.hsi, loaded.gt, loaded.missing
+    reconstructions, official, heldout, aucs = [], [], [], []
+    for epoch in CHECKPOINT_EPOCHS:
+        net, _ = load_checkpoint(checkpoint_path(run_dir, epoch))
+        reconstruction = reconstruct(net, hsi, "cpu")
+        hidden = blindspot_reconstruct(net, hsi, "cpu", config["size_window"], config["ratio"], config["seed"],
+                                       missing=missing)
+        aucs.append((auc_score(gt, detection_map(hsi, reconstruction, missing)),
+                     auc_score(gt, detection_map(hsi, hidden, missing))))
+        reconstructions.append(reconstruction)
+        official.append(pixel_errors(hsi, reconstruction))
+        heldout.append(pixel_errors(hsi, hidden))
+    statistics = run_statistics(CHECKPOINT_EPOCHS, official, heldout, moving_variances(reconstructions), log_rows,
+                                hsi.shape[2], missing)
+    return [dict(scene=scene, seed=seed, epoch=epoch, precision="fp32", loss=losses.get(epoch), auc=auc,
+                 auc_blindspot=auc_blindspot, **{name: statistics[name][index] for name in STATISTICS})
+            for index, (epoch, (auc, auc_blindspot)) in enumerate(zip(CHECKPOINT_EPOCHS, aucs))]
+
+
+def run_job(scene, seed, args, threads):
+    """Train the job's run if needed and allowed, then evaluate it: (status, rows)."""
+    import torch
+    torch.set_num_threads(threads)
+    run_dir = find_run(args["checkpoints_dir"], scene, seed)
+    if run_dir and training_in_progress(run_dir):
+        return "in progress (being trained by another process)", []
+    missing_epochs = [e for e in CHECKPOINT_EPOCHS if e not in (saved_epochs(run_dir) if run_dir else [])]
+    if missing_epochs:
+        if args["no_train"]:
+            return f"not evaluated: no checkpoint for epochs {missing_epochs} and --no_train", []
+        ok, last_line = train_run(scene, seed, args, threads, resume=run_dir is not None)
+        if not ok:
+            return f"training failed: {last_line}", []
+        run_dir = find_run(args["checkpoints_dir"], scene, seed)
+    return f"evaluated {run_dir}", evaluate_run(scene, seed, run_dir, args["data_dir"])
+
+
+def read_rows(path=CSV_PATH):
+    """The CSV's rows, numbers as numbers (empty cells as None)."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in COLUMNS:
+            if key in ("seed", "epoch"):
+                row[key] = int(row[key])
+            elif key not in ("scene", "precision"):
+                row[key] = float(row[key]) if row[key] != "" else None
+    return rows
+
+
+def append_rows(rows, path=CSV_PATH):
+    """Append a job's rows to the CSV, writing the header first if the file is new."""
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows({key: "" if value is None else value if isinstance(value, (str, int)) else f"{value:.10g}"
+                          for key, value in row.items()} for row in rows)
+
+
+def runs_by_scene(rows):
+    """{scene: [one run's rows in epoch order, per seed]}, scenes in the CSV's order."""
+    scenes = {}
+    for row in rows:
+        scenes.setdefault(row["scene"], {}).setdefault(row["seed"], []).append(row)
+    return {scene: [sorted(run, key=lambda row: row["epoch"]) for run in seeds.values()]
+            for scene, seeds in scenes.items()}
+
+
+def markdown_table(header, lines):
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+def auc_table(rows, target):
+    """The `target` AUC of every checkpoint of every run, the best in bold."""
+    lines = []
+    for scene, runs in runs_by_scene(rows).items():
+        for run in runs:
+            best = max(row[target] for row in run)
+            lines.append([scene, str(run[0]["seed"])] + [f"**{row[target]:.4f}**" if row[target] == best
+                                                         else f"{row[target]:.4f}" for row in run])
+    return markdown_table(["scene", "seed"] + [f"e{e}" for e in CHECKPOINT_EPOCHS], lines)
+
+
+def regret_table(rows, target):
+    """Per selector and fixed epoch: the regret per scene (mean over seeds), mean and worst over scenes."""
+    scenes = runs_by_scene(rows)
+    results, thresholds = {}, []
+    for selector in SELECTORS:
+        chosen = leave_one_scene_out(scenes, selector, target)
+        results[selector.name] = {scene: value for scene, (_, value) in chosen.items()}
+        if selector.grid:
+            thresholds.append(f"{selector.name}: " + ", ".join(f"{s} {'n/a (no other scene)' if t is None else t}"
+                                                              for s, (t, _) in chosen.items()))
+    for epoch in FIXED_EPOCHS:
+        results[f"epoch {epoch}"] = {scene: float(np.mean([regret(run, epoch, target) for run in runs]))
+                                     for scene, runs in scenes.items()}
+    lines = []
+    for name, per_scene in results.items():
+        values = [v for v in per_scene.values() if v is not None]
+        summary = [f"{np.mean(values):.4f}", f"{max(values):.4f}"] if values else ["n/a", "n/a"]
+        lines.append([name] + ["n/a" if v is None else f"{v:.4f}" for v in per_scene.values()] + summary)
+    text = markdown_table(["selector"] + list(scenes) + ["mean", "worst"], lines)
+    return text + "\n\nThresholds chosen leave-one-scene-out (scene: threshold):\n" + "\n".join(thresholds)
+
+
+def plot_curves(rows, path=FIGURE_PATH):
+    """AUC against epoch, one line per scene (seed 1)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for scene, runs in runs_by_scene(rows).items():
+        for run in runs:
+            if run[0]["seed"] == 1:
+                axis.plot([row["epoch"] for row in run], [row["auc"] for row in run], "o-", label=scene)
+    axis.set(xlabel="epoch", ylabel="AUC(D,F), official scoring", title="AUC after each checkpoint, seed 1")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_pending_jobs(args):
+    """Run every job not yet in the CSV, `args.jobs` at a time; append each finished job's rows."""
+    done = {(row["scene"], row["seed"]) for row in read_rows()}
+    pending = [job for job in JOBS if job not in done]
+    threads = max(1, args.threads // args.jobs)
+    settings = dict(data_dir=args.data_dir, checkpoints_dir=args.checkpoints_dir, no_train=args.no_train)
+    print(f"{len(done)} jobs already in {CSV_PATH}; {len(pending)} to go, {args.jobs} at a time, "
+          f"{threads} thread(s) each", flush=True)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = {pool.submit(run_job, scene, seed, settings, threads): (scene, seed) for scene, seed in pending}
+        for future in as_completed(futures):
+            scene, seed = futures[future]
+            try:
+                status, rows = future.result()
+            except Exception as error:  # one job's failure must not stop the others
+                status, rows = f"failed: {type(error).__name__}: {error}", []
+            if rows:
+                append_rows(rows)
+            print(f"{scene} seed {seed}: {status}", flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoints_dir", default=os.path.join(ROOT, "bench", "out", "epoch_curves"))
+    parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
+    parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in all, divided between jobs")
+    parser.add_argument("--no_train", action="store_true", help="evaluate finished runs only, train none")
+    parser.add_argument("--report", action="store_true", help="print the tables from the CSV, run nothing")
+    parser.add_argument("--target", default="auc", choices=["auc", "auc_blindspot"],
+                        help="the AUC the regret is measured in (--report)")
+    args = parser.parse_args()
+    if not args.report:
+        run_pending_jobs(args)
+    rows = read_rows()
+    if not rows:
+        print(f"no rows in {CSV_PATH} yet")
+        return
+    plot_curves(rows)
+    if args.report:
+        print(f"{args.target} per checkpoint (best in bold):\n\n{auc_table(rows, args.target)}\n")
+        print(f"Regret in {args.target}:\n\n{regret_table(rows, args.target)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Where benchmark jobs run: one after another here, in N worker processes (--jobs N), or on a Dask cluster
+(--scheduler ADDRESS). Each job is independent (one training at most), so any engine runs it."""
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed as futures_completed
+
+from tqdm import tqdm
+
+from utils import UserError
+
+CLUSTER_INSTALL = "pip install -r requirements-cluster.txt (Dask's distributed)"
+
+
+def run_jobs(config, jobs, work, log_dir, report):
+    """Call `work(config, job)` for every job on the engine --jobs / --scheduler asks for, calling
+    `report(index, result)` as each ends. Returns None, or why it stopped early (Ctrl-C: the finished
+    jobs are reported, the running ones stopped, the others not started)."""
+    if config.scheduler:
+        return on_dask(config, jobs, work, report)
+    if config.jobs > 1:
+        return in_processes(config, jobs, work, log_dir, report)
+    for index, job in enumerate(jobs):
+        try:
+            report(index, work(config, job))
+        except KeyboardInterrupt as interruption:
+            return f"interrupted during job {index + 1} of {len(jobs)}" + (f": {interruption}" if str(interruption)
+                                                                           else "")
+    return None
+
+
+def in_processes(config, jobs, work, log_dir, report):
+    """The jobs in config.jobs worker processes, each with an equal share of the CPU threads and its output
+    in a log file of its own; an overall progress bar and one line per finished job."""
+    threads = max(1, len(os.sched_getaffinity(0)) // config.jobs) if hasattr(os, "sched_getaffinity") else 1
+    os.makedirs(log_dir, exist_ok=True)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
+        pending = {pool.submit(logged, work, config, job, os.path.join(log_dir, f"job{index + 1:03d}.log")): index
+                   for index, job in enumerate(jobs)}
+        with tqdm(total=len(jobs), desc="jobs", dynamic_ncols=True) as bar:
+            try:
+                for future in futures_completed(pending):
+                    report(pending[future], future.result())
+                    bar.update()
+            except KeyboardInterrupt:
+                stop_workers(pool, pending)
+                finished = [f for f in pending if f.done() and not f.cancelled() and f.exception() is None]
+                return (f"interrupted with {len(jobs) - len(finished)} of {len(jobs)} jobs unfinished; running "
+                        "trainings saved their last epoch")
+    return None
+
+
+def stop_workers(pool, pending):
+    """Ctrl-C: cancel the jobs not started, interrupt the running ones (their trainings save), wait for them."""
+    for future in pending:
+        future.cancel()
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGINT)
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_worker(threads):
+    """A worker process: its share of the CPU threads, subnormals flushed, Ctrl-C and SIGTERM interrupt."""
+    import torch
+
+    from utils import flush_subnormals
+    torch.set_num_threads(threads)
+    flush_subnormals()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
+
+
+def logged(work, config, job, path):
+    """work(config, job) with its printed output in the file `path`."""
+    with open(path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        return work(config, job)
+
+
+def on_dask(config, jobs, work, report):
+    """The jobs on the Dask cluster at --scheduler; each worker first checks it sees the data and output folders."""
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise UserError(f"--scheduler needs Dask: {CLUSTER_INSTALL}") from None
+    try:
+        client = Client(config.scheduler, timeout="20s")
+    except (OSError, TimeoutError) as error:
+        raise UserError(f"no Dask scheduler answers at {config.scheduler} ({error}): start one (dask scheduler, "
+                        "or dask-jobqueue) and pass its address") from None
+    with client:
+        futures = {client.submit(on_worker, work, config, job, pure=False): index for index, job in enumerate(jobs)}
+        try:
+            for future in tqdm(as_completed(futures), total=len(jobs), desc="jobs", dynamic_ncols=True):
+                report(futures[future], future.result())
+        except KeyboardInterrupt:
+            client.cancel(list(futures))
+            return ("interrupted: jobs not started are cancelled; Dask cannot stop a running job, so trainings "
+                    "already running finish on their workers")
+    return None
+
+
+def on_worker(work, config, job):
+    """work(config, job) on a cluster worker, after checking that it sees the data and can write the outputs."""
+    shared = "data, checkpoints and results must be on a filesystem every worker sees"
+    if job.dataset != "synthetic" and not os.path.isdir(config.data_dir):
+        raise UserError(f"worker {socket.gethostname()} does not see --data_dir {config.data_dir}: {shared}")
+    for flag, folder in (("--checkpoints_dir", config.checkpoints_dir), ("--results_dir", config.results_dir)):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            writable = os.access(folder, os.W_OK)
+        except OSError:
+            writable = False
+        if not writable:
+            raise UserError(f"worker {socket.gethostname()} cannot write {flag} {folder}: {shared}")
+    return work(config, job)

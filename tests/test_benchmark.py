@@ -1,0 +1,138 @@
+"""Benchmark grids and where their jobs run: one after another, in worker processes, or on a Dask cluster."""
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmark import plan
+from config import parse_config
+from conftest import ROOT, cli_flags
+from jobs import on_worker
+from main import main
+from utils import UserError
+
+GRID = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,rx", "--epochs", "1",
+        "--grid", "ratio=0.8,0.9 score_repeats=1,2", "--scoring", "official,blindspot"]
+
+
+def table(folder):
+    with open(folder / "results" / "benchmark" / "benchmark.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_grid_plans_one_training_per_run_and_scores_each_result_variant(scene_dir):
+    jobs = plan(parse_config(cli_flags(scene_dir, "tiny", *GRID)))
+    trainings = [job for job in jobs if job.method == "bs3lnet"]
+    assert [job.training for job in trainings] == [(("ratio", 0.8),), (("ratio", 0.9),)]
+    assert all(job.variants == ((("score_repeats", 1),), (("score_repeats", 2),)) for job in trainings)
+    assert [job.training for job in jobs if job.method == "rx"] == [()]  # the grid changes no RX result
+
+
+def test_grid_from_the_command_line_gives_columns_and_sensitivity_figures(scene_dir):
+    assert main(cli_flags(scene_dir, "tiny", *GRID)) == 0
+    rows = table(scene_dir)
+    bs3lnet = [(row["ratio"], row["score_repeats"], row["method"]) for row in rows if row["method"] != "rx"]
+    assert sorted(bs3lnet) == sorted((r, s, m) for r in ("0.8", "0.9") for s in ("1", "2")
+                                     for m in ("bs3lnet", "bs3lnet-blindspot"))
+    assert [row["ratio"] for row in rows if row["method"] == "rx"] == [""]
+    assert all(row["auc"] and not row["error"] for row in rows)
+    runs = sorted(p.name for p in (scene_dir / "checkpoints").glob("tiny-*/*"))
+    assert len(runs) == 2 and "_r0.8_" in runs[0] and "_r0.9_" in runs[1]  # one training per ratio
+    for flag in ("ratio", "score_repeats"):
+        assert (scene_dir / "results" / "benchmark" / f"sensitivity_{flag}.png").stat().st_size > 10000
+    markdown = (scene_dir / "results" / "benchmark" / "benchmark.md").read_text()
+    assert "| scene | ratio | score_repeats | method | AUC(D,F) |" in markdown and "±" not in markdown
+
+
+@pytest.mark.parametrize("grid, message", [("size_window=7", "--size_window 7 must be at most --patch"),
+                                           ("ratio=0.8,1.2", "ratio: 1.2 is outside [0, 1)"),
+                                           ("seed=1,2", "not dataset or seed")])
+def test_an_invalid_grid_value_is_refused_before_anything_trains(scene_dir, capsys, grid, message):
+    flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--seeds", "1", "--epochs", "1", "--grid", grid)
+    assert main(flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (scene_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_parallel_jobs_give_the_sequential_table(scene_dir):
+    flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2", "--methods", "bs3lnet,rx,lrx",
+             "--epochs", "1", "--grid", "ratio=0.8,0.9", "--win_out", "5"]
+    assert main(cli_flags(scene_dir, "tiny", *flags)) == 0
+    sequential = table(scene_dir)
+    parallel_dir = scene_dir / "parallel"
+    os.makedirs(parallel_dir)
+    os.link(scene_dir / "tiny.mat", parallel_dir / "tiny.mat")
+    assert main(cli_flags(parallel_dir, "tiny", *flags, "--jobs", "2")) == 0
+    parallel = table(parallel_dir)
+    assert len(parallel) == len(sequential) == 4
+    for one, two in zip(sequential, parallel):
+        assert (one["dataset"], one["ratio"], one["method"]) == (two["dataset"], two["ratio"], two["method"])
+        assert float(one["auc"]) == pytest.approx(float(two["auc"]), abs=1e-6)
+    assert len(os.listdir(parallel_dir / "results" / "benchmark" / "logs")) == 6  # one log per job
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_keeps_the_finished_jobs(scene_dir):
+    flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2,3",
+                      "--methods", "rx,bs3lnet", "--epochs", "500", "--save_freq", "1000", "--jobs", "2")
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *flags], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (scene_dir / "checkpoints").exists() or not list((scene_dir / "checkpoints").rglob("train_log.tsv")):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.5)
+    time.sleep(8)  # the rx job has finished, trainings are running
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) >= 2
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Continue with:" in err and "--jobs 2" in err
+    rows = table(scene_dir)
+    assert [row["runs"] for row in rows if row["method"] == "rx"] == ["1"]
+    saved = list((scene_dir / "checkpoints").rglob("epoch_*.pt"))
+    assert saved  # the interrupted trainings saved their last epoch
+    deadline = time.monotonic() + 15
+    while [pid for pid in workers if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = {pid: open(f"/proc/{pid}/cmdline").read() for pid in workers if os.path.exists(f"/proc/{pid}")}
+    assert not left  # no worker left behind
+
+
+def test_a_worker_that_cannot_see_the_folders_fails_its_job_with_the_reason(scene_dir):
+    config = parse_config(cli_flags(scene_dir, "tiny", "--data_dir", str(scene_dir / "absent")))
+    job = plan(config)[0]
+    with pytest.raises(UserError, match="does not see --data_dir .*absent: data, checkpoints and results must be"):
+        on_worker(lambda *args: None, config, job)
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_gives_the_sequential_table(scene_dir):
+    pytest.importorskip("dask.distributed", reason="Dask's distributed is an optional extra "
+                        "(pip install -r requirements-cluster.txt)")
+    from dask.distributed import LocalCluster
+    flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2", "--methods", "bs3lnet,rx",
+             "--epochs", "1"]
+    assert main(cli_flags(scene_dir, "tiny", *flags)) == 0
+    sequential = table(scene_dir)
+    cluster_dir = scene_dir / "cluster"
+    os.makedirs(cluster_dir)
+    os.link(scene_dir / "tiny.mat", cluster_dir / "tiny.mat")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        assert main(cli_flags(cluster_dir, "tiny", *flags, "--scheduler", cluster.scheduler_address)) == 0
+    clustered = table(cluster_dir)
+    assert [(r["method"], r["auc"], r["runs"]) for r in clustered] == [(r["method"], r["auc"], r["runs"])
+                                                                        for r in sequential]
+
+
+def test_without_dask_the_scheduler_flag_names_the_install_line(scene_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)
+    flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--seeds", "1", "--methods", "rx",
+                      "--scheduler", "tcp://127.0.0.1:1")
+    assert main(flags) == 2
+    assert "pip install -r requirements-cluster.txt" in capsys.readouterr().err
