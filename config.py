@@ -253,7 +253,8 @@ class Config:
     resume: bool = flag(False, NEITHER, "continue the run these flags describe from its latest checkpoint")
     eval_every: int = flag(None, NEITHER, "during training, record the AUC every N epochs in the log and plot AUC "
                            "and loss", parse=positive_int())
-    roc_log: bool = flag(False, NEITHER, "draw the ROC curve with a log-scale P_F axis", "evaluation")
+    roc_log: bool = flag(False, NEITHER, "draw roc.png with the log-scale P_F axis only (default: linear and log "
+                         "side by side)", "evaluation")
     keep_subnormals: bool = flag(False, NEITHER, "keep subnormal floats on the CPU; without it they are flushed to "
                                  "zero, which is up to 2x faster at some stages of training and leaves the losses "
                                  "unchanged", "speed")

@@ -24,12 +24,11 @@ def stop_on_sigterm():
 
 def os_error_message(error):
     """One line for an operating-system error: what failed, on which path, and what to do."""
-    where = f" {error.filename}" if error.filename else ""
     advice = {errno.ENOSPC: "free some disk space", errno.EACCES: "check its permissions",
               errno.EPERM: "check its permissions", errno.EROFS: "choose a writable folder",
               errno.ENOTDIR: "a path component is a file, not a folder",
               errno.EISDIR: "it is a folder, not a file"}.get(error.errno, "check the path")
-    return f"{error.strerror or error}:{where}: {advice}"
+    return ": ".join(str(part) for part in (error.strerror or error, error.filename, advice) if part)
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ from figures import plot_detection_map, plot_roc, plot_roc_3d, plot_separation
 from imagery import write_map
 from metrics import auc_undefined, data_pixels, format_metrics_table, meaningless_map, metrics_3d
 from scenes import scene_identity, scene_name
-from utils import atomic_write_text, follow_umask, sync_to_disk
+from utils import UserError, atomic_write_text, follow_umask, sync_to_disk
 
 LATEST = "latest"  # <results_dir>/<dataset>/latest: a link to the folder of the latest results
 
@@ -27,8 +27,10 @@ def write_results(config, folder, method, score_map, scene, extra_files=None, in
     """
     dataset_dir = os.path.join(config.results_dir, scene_identity(config.data_dir, config.dataset))
     out_dir = os.path.join(dataset_dir, folder)
+    check_latest_is_a_link(dataset_dir)
     os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    remove_abandoned_staging(os.path.dirname(out_dir))
+    for parent in {dataset_dir, os.path.dirname(out_dir)}:
+        remove_abandoned_staging(parent)
     staging = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=f".tmp-{os.getpid()}-")
     try:
         metrics = write_result_files(config, staging, method, score_map, scene, extra_files, info)
@@ -93,14 +95,26 @@ def write_result_files(config, out_dir, method, score_map, scene, extra_files, i
     return metrics
 
 
+def check_latest_is_a_link(dataset_dir):
+    """Refuse, before anything is written, a `latest` that is not this tool's link (a folder or file of the
+    user's, which is never replaced)."""
+    latest = os.path.join(dataset_dir, LATEST)
+    if os.path.lexists(latest) and not os.path.islink(latest):
+        raise UserError(f"{latest} is a {'folder' if os.path.isdir(latest) else 'file'} of yours, where results "
+                        "keep a link to the latest results: rename or move it, then run again (nothing was written)")
+
+
 def remove_abandoned_staging(folder):
-    """Staging folders of processes that no longer run (killed while writing results)."""
+    """Staging folders and `latest` links of processes that no longer run (killed while writing results)."""
     for path in glob.glob(os.path.join(folder, ".tmp-*")):
         try:
             pid = int(os.path.basename(path).split("-")[1])
             os.kill(pid, 0)
         except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
+            if os.path.islink(path):
+                os.remove(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
         except (ValueError, IndexError, PermissionError):
             continue
 

@@ -6,6 +6,7 @@ scoring reconstructs each pixel the way training did: hidden behind a neighbour'
 """
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from dataset import window_offsets
 from scenes import fill_sources
@@ -86,10 +87,14 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
     total = np.zeros(hsi.shape, np.float32)  # each pixel is added once per partition
     shows = None if missing is None else fill_sources(missing).ravel()
     fills = None if missing is None else np.flatnonzero(missing)
+    # A bar for scorings that take more than a moment (a flight line, many repeats); silent otherwise.
+    progress = tqdm(total=repeats * group_count(ratio), desc="blind-spot scoring", unit="pass", leave=False,
+                    delay=2, dynamic_ncols=True)
     for _ in range(repeats):
         group, source = blindspot_partition(height, width, size_window, ratio, generator,
                                             None if shows is None else torch.from_numpy(shows))
         for g in range(group_count(ratio)):
+            progress.update()
             keep = (group == g).numpy()
             members = np.flatnonzero(keep if missing is None else keep & ~missing.ravel())
             own = flat[members]  # a copy: the group's own spectra, put back after the pass
@@ -102,6 +107,7 @@ def blindspot_reconstruct(net, hsi, device, size_window, ratio, seed, repeats=1,
                 flat[members] = own
                 if fills is not None:  # each fill is a copy of a data pixel, now as it was
                     flat[fills] = flat[shows[fills]]
+    progress.close()
     if repeats > 1:
         total /= np.float32(repeats)
     return total

@@ -126,7 +126,9 @@ def trim_log(path, last_epoch):
     with open(path) as log:
         lines = log.read().splitlines()
     kept = [line for line in lines if not is_row(line) or int(line.split("\t")[0]) <= last_epoch]
-    kept.append(f"# resumed after epoch {last_epoch}")
+    marker = f"# resumed after epoch {last_epoch}"
+    if kept[-1] != marker:  # a resume that completed no epoch leaves no second marker
+        kept.append(marker)
     atomic_write_text(path, "\n".join(kept) + "\n")
 
 

@@ -1,7 +1,9 @@
 """Shared helpers: user-facing errors, seeding, devices, subnormal flushing, the command line, safe file writes."""
+import errno
 import os
 import random
 import shlex
+import shutil
 import sys
 import tempfile
 
@@ -90,11 +92,20 @@ def atomic_write(path, write):
         sync_to_disk(tmp_path)
         follow_umask(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+        if isinstance(error, Exception) and not isinstance(error, OSError):  # e.g. torch.save on a full disk
+            raise write_error(error, path) from error
         raise
     sync_to_disk(directory)
+
+
+def write_error(error, path):
+    """An OSError for a writer's failure of another type: ENOSPC when the disk is (nearly) full."""
+    full = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2 ** 20
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return OSError(errno.ENOSPC if full else errno.EIO, f"writing failed ({cause})", path)
 
 
 def atomic_write_text(path, text):

@@ -188,3 +188,29 @@ def test_an_interrupted_predict_leaves_every_results_view_one_runs_files(scene_d
     assert main(["--command", "rx", *flags]) == 0
     assert not abandoned.exists()
     assert json.loads((tiny / "latest" / "metrics.json").read_text())["method"] == "RX"
+
+
+def test_a_folder_of_the_users_named_latest_is_refused_before_anything_is_written(scene_dir, capsys):
+    flags = cli_flags(scene_dir, "tiny")
+    assert main(["--command", "rx", *flags]) == 0
+    tiny = scene_folder(scene_dir / "results", "tiny")
+    os.remove(tiny / "latest")
+    (tiny / "latest").mkdir()
+    (tiny / "latest" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tiny) for p in tiny.rglob("*"))
+    capsys.readouterr()
+    assert main(["--command", "lrx", *flags, "--win_out", "5"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("error:") == 1 and str(tiny / "latest") in error and ".tmp-" not in error
+    assert "rename or move it" in error and "nothing was written" in error
+    assert sorted(p.relative_to(tiny) for p in tiny.rglob("*")) == before  # no debris, the user's folder kept
+    assert (tiny / "latest" / "notes.txt").read_text() == "mine"
+
+
+def test_a_latest_link_left_by_a_killed_process_is_removed(scene_dir):
+    flags = cli_flags(scene_dir, "tiny")
+    assert main(["--command", "rx", *flags]) == 0
+    tiny = scene_folder(scene_dir / "results", "tiny")
+    os.symlink("rx", tiny / ".tmp-999999999-latest")
+    assert main(["--command", "rx", *flags]) == 0
+    assert not os.path.lexists(tiny / ".tmp-999999999-latest")

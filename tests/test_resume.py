@@ -125,3 +125,14 @@ def test_a_replaced_scene_is_a_new_scene_with_runs_of_its_own(scene_dir, capsys)
     assert "nothing to resume" in capsys.readouterr().err  # the old run belongs to the old contents
     assert main(["--command", "train", *cli_flags(scene_dir, "tiny", "--epochs", "1")]) == 0
     assert len(list((scene_dir / "checkpoints").iterdir())) == 2
+
+
+def test_resumes_that_complete_no_epoch_leave_one_marker_in_the_log(tmp_path):
+    from runs import read_log
+    from train import trim_log
+    log = tmp_path / "train_log.tsv"
+    log.write_text("# config {}\nepoch\tloss\tseconds\tauc\n1\t0.5\t1.00\t\n2\t0.4\t1.00\t\n3\t0.3\t1.00\t\n")
+    for _ in range(3):  # three resumes from epoch 2, each interrupted before an epoch completed
+        trim_log(log, 2)
+    assert log.read_text().count("# resumed after epoch 2") == 1
+    assert [row["epoch"] for row in read_log(log)] == [1, 2]

@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -43,6 +44,13 @@ def test_help_states_each_numeric_range():
     for expected in ("patches per training step; range >= 1", "number of residual blocks; range >= 0",
                      "ceil(p*p*(1-ratio)) blind spots per patch; range [0, 1)"):
         assert expected in text
+    assert ".;" not in text and "..)" not in text  # a sentence's full stop, then the range
+
+
+def test_a_huge_band_range_is_refused_at_once_without_expanding_it(scene_dir, capsys):
+    started = time.perf_counter()
+    assert main(["--command", "rx", *cli_flags(scene_dir, "tiny"), "--drop_bands", "1-100000000000"]) == 2
+    assert "names band 100000000000, but" in one_error_line(capsys) and time.perf_counter() - started < 10
 
 
 def test_unwritable_places_are_one_line_before_any_training(scene_dir, tmp_path, capsys):
@@ -65,16 +73,32 @@ def test_an_unreadable_scene_is_one_line(scene_dir, capsys):
     assert "Permission denied" in one_error_line(capsys)
 
 
-def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(scene_dir, capsys, monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device", "epoch_0001.pt")
-    monkeypatch.setattr(torch, "save", full)
-    flags = cli_flags(scene_dir, "tiny", "--epochs", "1")
+@pytest.mark.parametrize("failure", ["oserror", "torch"])
+def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(scene_dir, capsys, monkeypatch, failure):
+    """torch.save on a full disk raises RuntimeError, not OSError: every writer's failure is one line, the
+    earlier checkpoint intact and no temporary file left."""
+    real_save, calls = torch.save, []
+
+    def full_at_second_save(state, path, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            return real_save(state, path, **kwargs)
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+    monkeypatch.setattr(torch, "save", full_at_second_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 ** 9, 10 ** 9, 0))
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "2", "--save_freq", "1")
     assert main(["--command", "train", *flags]) == 2
     line = one_error_line(capsys)
-    assert "No space left on device" in line and "free some disk space" in line
+    assert ("No space left on device" if failure == "oserror" else "writing failed (") in line
+    assert "free some disk space" in line and "::" not in line and "checkpoints" in line
     run_dir = run_directory(parse_config(flags))
-    assert saved_epochs(run_dir) == [] and not [f for f in os.listdir(run_dir) if f.startswith(".tmp")]
+    assert saved_epochs(run_dir) == [1] and not [f for f in os.listdir(run_dir) if f.startswith(".tmp")]
+    assert torch.load(os.path.join(run_dir, "epoch_0001.pt"), weights_only=True)["epoch"] == 1
 
 
 def test_damaged_checkpoints_are_one_line_in_predict(scene_dir, tmp_path, capsys):

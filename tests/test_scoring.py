@@ -10,6 +10,7 @@ import torch
 from conftest import cli_flags, scene_folder, tiny_scene
 from main import main
 from model import BS3LNet, init_weights, reconstruct
+import scoring
 from scoring import blindspot_partition, blindspot_reconstruct, group_count
 from utils import UserError
 
@@ -164,3 +165,14 @@ def test_the_scene_is_shown_in_place_and_restored_even_when_a_pass_is_interrupte
     with pytest.raises(KeyboardInterrupt):
         blindspot_reconstruct(Interrupting(), hsi, "cpu", 3, 0.9, seed=1)
     assert np.array_equal(hsi, before)
+
+
+def test_blind_spot_scoring_that_takes_more_than_a_moment_shows_progress(monkeypatch, capsys):
+    import time
+
+    def slow(net, shown, device, tile, amp, keep, out):
+        time.sleep(0.25)
+    monkeypatch.setattr(scoring, "reconstruct", slow)
+    hsi = np.random.RandomState(0).rand(8, 8, 3).astype(np.float32)
+    scoring.blindspot_reconstruct(None, hsi, "cpu", 3, 0.9, seed=1, repeats=1)  # 10 passes, 2.5 s
+    assert "blind-spot scoring" in capsys.readouterr().err
