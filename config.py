@@ -389,6 +389,15 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see --help)")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help states every default; an empty one as 'none'."""
+
+    def _get_help_string(self, action):
+        if action.default in ("", None) and action.option_strings:
+            return f"{action.help} (default: none)"
+        return super()._get_help_string(action)
+
+
 def default_text(value):
     """A default as the command line would give it (so argparse parses it like a given value)."""
     if isinstance(value, tuple):
@@ -399,7 +408,7 @@ def default_text(value):
 def build_parser():
     """The command line, built from the Config fields: each flag with its default, range and role in --help."""
     parser = Parser(description="BS3LNet blind-spot self-supervised hyperspectral anomaly detection (Gao et al., "
-                                "TGRS 2023).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "TGRS 2023).", formatter_class=HelpFormatter)
     groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
     for item in fields(Config):
         meta = item.metadata

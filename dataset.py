@@ -39,16 +39,10 @@ class BlindSpotSampler:
 
     def __init__(self, hsi, patch=19, size_window=5, ratio=0.9, device="cpu", missing=None):
         height, width, bands = hsi.shape
-        if patch < 2:
-            raise UserError(f"--patch {patch} is too small: use at least 2 (default 19)")
+        # The flags' own ranges are checked once, by config.py; here only what depends on the scene.
         if patch // 2 >= min(height, width):
             raise UserError(f"--patch {patch} is too large for a {height} x {width} scene (reflect padding needs "
                             f"patch // 2 < {min(height, width)}): use --patch {2 * min(height, width) - 1} or less")
-        if not 2 <= size_window <= patch:
-            raise UserError(f"--size_window {size_window} must be between 2 and --patch ({patch}) so that every "
-                            "target has a source other than itself inside the patch")
-        if not 0 <= ratio < 1:
-            raise UserError(f"--ratio {ratio} must be in [0, 1): it is the share of each patch left unmasked")
         self.height, self.width, self.bands, self.patch, self.size_window = height, width, bands, patch, size_window
         self.n_targets = math.ceil(patch * patch * (1 - ratio))
         self.device = torch.device(device)

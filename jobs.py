@@ -12,6 +12,9 @@ from tqdm import tqdm
 
 from utils import UserError
 
+PROJECT = os.path.dirname(os.path.abspath(__file__))  # sent to Dask workers, which import the project from it
+BOOTSTRAP = "__import__('sys').path.insert(0, args[0]) or __import__('jobs').remote_job(*args)"
+
 CLUSTER_INSTALL = "pip install -r requirements-cluster.txt (Dask's distributed)"
 
 
@@ -82,7 +85,9 @@ def logged(work, config, job, path):
 
 
 def on_dask(config, jobs, work, report):
-    """The jobs on the Dask cluster at --scheduler; each worker first checks it sees the data and output folders."""
+    """The jobs on the Dask cluster at --scheduler. The scheduler and the workers unpickle every task, and need
+    not have this project on their path: a task is the builtin eval of BOOTSTRAP with plain data, which adds
+    the project's folder (on a filesystem every worker sees, like the data and the outputs) to the path."""
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
@@ -93,10 +98,17 @@ def on_dask(config, jobs, work, report):
         raise UserError(f"no Dask scheduler answers at {config.scheduler} ({error}): start one (dask scheduler, "
                         "or dask-jobqueue) and pass its address") from None
     with client:
-        futures = {client.submit(on_worker, work, config, job, pure=False): index for index, job in enumerate(jobs)}
+        futures = {client.submit(eval, BOOTSTRAP, {"args": (PROJECT, work.__module__, work.__name__, config.as_dict(),
+                                                            tuple(vars(job).values()))}, pure=False): index
+                   for index, job in enumerate(jobs)}
         try:
             for future in tqdm(as_completed(futures), total=len(jobs), desc="jobs", dynamic_ncols=True):
-                report(futures[future], future.result())
+                try:
+                    rows = future.result()
+                except ImportError as error:
+                    raise UserError(f"a Dask worker cannot import this project from {PROJECT} ({error}): the project, "
+                                    "data, checkpoints and results must be on a filesystem every worker sees") from None
+                report(futures[future], rows)
         except KeyboardInterrupt:
             client.cancel(list(futures))
             return ("interrupted: jobs not started are cancelled; Dask cannot stop a running job, so trainings "
@@ -104,11 +116,24 @@ def on_dask(config, jobs, work, report):
     return None
 
 
-def on_worker(work, config, job):
-    """work(config, job) on a cluster worker, after checking that it sees the data and can write the outputs."""
+def remote_job(project, module, function, fields, job_fields):
+    """On a Dask worker (BOOTSTRAP has put `project` on the path): the job's rows, or its failure's."""
+    import importlib
+
+    from benchmark import Job, row_keys
+    from config import Config
+    config, job = Config(**fields), Job(*job_fields)
+    reason = check_worker(config, job)
+    if reason:
+        return [(key, dict(error=reason)) for key in row_keys(config, job)]
+    return getattr(importlib.import_module(module), function)(config, job)
+
+
+def check_worker(config, job):
+    """Why this worker cannot run `job` (it does not see the data, or cannot write the outputs), or None."""
     shared = "data, checkpoints and results must be on a filesystem every worker sees"
     if job.dataset != "synthetic" and not os.path.isdir(config.data_dir):
-        raise UserError(f"worker {socket.gethostname()} does not see --data_dir {config.data_dir}: {shared}")
+        return f"worker {socket.gethostname()} does not see --data_dir {config.data_dir}: {shared}"
     for flag, folder in (("--checkpoints_dir", config.checkpoints_dir), ("--results_dir", config.results_dir)):
         try:
             os.makedirs(folder, exist_ok=True)
@@ -116,5 +141,5 @@ def on_worker(work, config, job):
         except OSError:
             writable = False
         if not writable:
-            raise UserError(f"worker {socket.gethostname()} cannot write {flag} {folder}: {shared}")
-    return work(config, job)
+            return f"worker {socket.gethostname()} cannot write {flag} {folder}: {shared}"
+    return None

@@ -17,8 +17,10 @@ GRACE_S at most, which the later steps absorb):
  3. speed: AVIRIS-II_CNND (100 x 100 x 189) in fp32, tf32, bf16 and fp16, each in the faithful default
     (deterministic cuDNN, channels-last: what every training runs) and, beside it, with cudnn.benchmark on
     in channels-last and in contiguous layout; s/step from steady epochs, predict timed after a warm-up;
- 4. concurrency: 1, 2 and 3 trainings of HYDICE-II at once on the one GPU: steps per second in all, i.e.
-    whether the scenes of a later call should train together.
+ 4. concurrency: the grid of bench/grid_parallel.py (2 ratios x 2 patch sizes x 2 seeds of HYDICE-II) as one
+    `benchmark --grid ... --jobs N` for N = 1, 2, 4 on the one GPU: wall seconds, i.e. how many trainings at
+    once fill the GPU (and whether the scenes of a later call should train together). The runs' train_log.tsv
+    (AUC every 50 epochs to epoch 1000) extends the epoch curves of bench/epoch_curves.py to 1000 epochs.
 
 Output, in $OUT when set (the device tool brings back at most 8 files), else in bench/out/gpu_check/:
 summary.md and summary.json (rewritten after each step), pytest_gpu.log, speed.log, and runs.tar.gz
@@ -72,14 +74,16 @@ PREDICT_REPEATS = 3
 MODES = {
     "gpu": dict(
         device="cuda", budget_s=530, tests=["tests/test_gpu.py"], train_flags=[], epochs=1000, eval_every=50,
-        precisions=("fp32", "tf32", "bf16", "fp16"), speed_flags=[], speed_steps=40, processes=(1, 2, 3),
-        concurrency_epochs=None, tests_s=120, runs_min_s=30, predict_s=45, speed_s=90, concurrency_s=60),
+        precisions=("fp32", "tf32", "bf16", "fp16"), speed_flags=[], speed_steps=40, processes=(1, 2, 4),
+        grid="ratio=0.8,0.9 patch=15,19", concurrency_epochs=None, tests_s=120, runs_min_s=30, predict_s=45,
+        speed_s=90, concurrency_s=100),
     "cpu-smoke": dict(
         # Epochs that HYDICE-II completes and the two larger scenes do not: the later scenes start, and take
         # the deadline's SIGINT, save, predict path, as they may on the GPU.
         device="cpu", budget_s=240, tests=["tests/test_gpu.py"], train_flags=TINY_FLAGS, epochs=20, eval_every=5,
         precisions=("fp32", "bf16"), speed_flags=TINY_FLAGS, speed_steps=5, processes=(1, 2),  # no fp16 on CPU
-        concurrency_epochs=3, tests_s=60, runs_min_s=10, predict_s=45, speed_s=60, concurrency_s=45),
+        grid="ratio=0.8,0.9 patch=5,7", concurrency_epochs=3, tests_s=60, runs_min_s=10, predict_s=45,
+        speed_s=60, concurrency_s=60),
 }
 CONCURRENCY_TARGET_S = 5  # training seconds of one process alone; the epoch count is sized from the runs
 CONCURRENCY_DEFAULT_EPOCHS = 20  # when the runs did not measure the scene
@@ -401,42 +405,37 @@ class Check:
         return min(500, max(4, math.ceil(CONCURRENCY_TARGET_S / seconds)))
 
     def concurrency(self):
-        steps = steps_per_epoch(CONCURRENCY_SCENE, self.data_dir, self.mode["train_flags"])
         epochs = self.concurrency_epochs()
         phase_end = self.deadline("concurrency", self.mode["concurrency_s"])
-        results = []
-        for count in self.mode["processes"]:
-            if time.monotonic() < phase_end:
-                results.append(self.concurrency_round(count, epochs, steps, phase_end))
-        single = results[0]["steps_per_s"] if results else None
+        results = [self.concurrency_round(count, epochs, phase_end) for count in self.mode["processes"]
+                   if time.monotonic() < phase_end]
+        done = [r for r in results if r["exit"] == 0]
+        single = done[0]["seconds"] if done and done[0]["jobs"] == 1 else None
         for result in results:
-            result["vs_one"] = result["steps_per_s"] / single if single and result["steps_per_s"] else None
+            result["vs_one"] = single / result["seconds"] if single and result["exit"] == 0 else None
         gains = [r["vs_one"] for r in results[1:] if r["vs_one"]]
         faster = bool(gains) and max(gains) > AT_ONCE_GAIN
         self.report["concurrency"] = dict(
-            scene=CONCURRENCY_SCENE, epochs=epochs, steps_per_epoch=steps, results=results, at_once=faster,
-            decision=(f"trainings at once give {max(gains):.2f}x the steps per second of one: the scenes of a later "
-                      "call should train together" if faster else "running several at once gained "
+            scene=CONCURRENCY_SCENE, grid=self.mode["grid"], seeds=2, epochs=epochs, results=results, at_once=faster,
+            decision=(f"jobs at once finish the grid {max(gains):.2f}x faster than one at a time: the scenes of a "
+                      "later call should train together" if faster else "jobs at once gained "
                       + (f"at most {max(gains):.2f}x" if gains else "nothing measurable")
                       + ": the scenes of a later call should train one after another"))
 
-    def concurrency_round(self, count, epochs, steps, phase_end):
-        """`count` trainings of CONCURRENCY_SCENE started together; their steps per second in all."""
-        jobs, folders = [], []
-        for index in range(count):
-            name = f"concurrency_{count}x_{index + 1}"
-            folders.append(os.path.join(self.work, name))
-            command = [sys.executable, "main.py", "--command", "train", "--dataset", CONCURRENCY_SCENE,
-                       "--data_dir", self.data_dir, "--checkpoints_dir", folders[-1], "--epochs", str(epochs),
-                       "--save_freq", str(epochs), "--device", self.device, *self.mode["train_flags"]]
-            jobs.append(self.job(command, os.path.join(self.logs, name + ".log"),
-                                 child_env(OMP_NUM_THREADS=self.threads)))
-            self.archive.append((jobs[-1].log, f"logs/{name}.log"))
-        wait_all(jobs, phase_end)
-        epoch_seconds = [steady_epoch_seconds(read_train_log(run_folder(folder))) for folder in folders]
-        total = sum(steps / seconds for seconds in epoch_seconds) if all(epoch_seconds) else None
-        return dict(processes=count, exits=[job.process.returncode for job in jobs], s_per_epoch=epoch_seconds,
-                    steps_per_s=total, stopped_at_deadline=any(job.interrupted for job in jobs))
+    def concurrency_round(self, count, epochs, phase_end):
+        """The grid as one benchmark with --jobs `count`; its wall seconds."""
+        name = f"grid_jobs{count}"
+        folder = os.path.join(self.work, name)
+        command = [sys.executable, "main.py", "--command", "benchmark", "--datasets", CONCURRENCY_SCENE,
+                   "--data_dir", self.data_dir, "--seeds", "1,2", "--methods", "bs3lnet", "--grid", self.mode["grid"],
+                   "--jobs", str(count), "--epochs", str(epochs), "--save_freq", str(epochs), "--device", self.device,
+                   "--checkpoints_dir", os.path.join(folder, "c"), "--results_dir", os.path.join(folder, "r"),
+                   *self.mode["train_flags"]]
+        job = self.job(command, os.path.join(self.logs, name + ".log"), child_env(OMP_NUM_THREADS=self.threads))
+        self.archive.append((job.log, f"logs/{name}.log"))
+        wait_all([job], phase_end)
+        return dict(jobs=count, exit=job.process.returncode, seconds=job.seconds,
+                    stopped_at_deadline=job.interrupted)
 
     # -- output ---------------------------------------------------------------------------------------
 
@@ -647,18 +646,15 @@ def fastest_settings(rows, defaults):
 
 
 def concurrency_markdown(concurrency):
-    lines = ["## Trainings at once on one device", "",
-             f"{concurrency['scene']}, the runs' flags, {concurrency['epochs']} epochs of "
-             f"{concurrency['steps_per_epoch']} steps in each process, all started together; s/epoch is each "
-             "process's mean over the middle half of its epochs.", "",
-             "| processes | s/epoch of each | steps/s in all | vs one | exit |", "|---|---|---|---|---|"]
+    lines = ["## Benchmark jobs at once on one device", "",
+             f"`benchmark --grid \"{concurrency['grid']}\" --seeds 1,2` on {concurrency['scene']} (8 trainings of "
+             f"{concurrency['epochs']} epochs, the runs' flags, each scored), with --jobs N.", "",
+             "| --jobs | wall s | vs one at a time | exit |", "|---|---|---|---|"]
     for result in concurrency["results"]:
-        each = ", ".join(f"{m:.3g}" if m else "–" for m in result["s_per_epoch"])
-        total = f"{result['steps_per_s']:.1f}" if result["steps_per_s"] else "–"
         vs_one = f"{result['vs_one']:.2f}x" if result["vs_one"] else "–"
         stopped = " (stopped at the deadline)" if result["stopped_at_deadline"] else ""
-        lines.append(f"| {result['processes']} | {each} | {total} | {vs_one} | "
-                     f"{', '.join(map(str, result['exits']))}{stopped} |")
+        seconds = f"{result['seconds']:.1f}" if result["seconds"] is not None else "–"
+        lines.append(f"| {result['jobs']} | {seconds} | {vs_one} | {result['exit']}{stopped} |")
     return lines + ["", f"Conclusion: {concurrency['decision']}.", ""]
 
 

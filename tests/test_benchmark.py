@@ -7,13 +7,12 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, cli_flags
 
 from benchmark import plan
 from config import parse_config
-from conftest import ROOT, cli_flags
-from jobs import on_worker
+from jobs import PROJECT, remote_job
 from main import main
-from utils import UserError
 
 GRID = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,rx", "--epochs", "1",
         "--grid", "ratio=0.8,0.9 score_repeats=1,2", "--scoring", "official,blindspot"]
@@ -105,10 +104,12 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_jobs(scene_dir):
 
 
 def test_a_worker_that_cannot_see_the_folders_fails_its_job_with_the_reason(scene_dir):
-    config = parse_config(cli_flags(scene_dir, "tiny", "--data_dir", str(scene_dir / "absent")))
+    config = parse_config(cli_flags(scene_dir, "tiny", "--command", "benchmark", "--methods", "rx", "--data_dir",
+                                    str(scene_dir / "absent")))
     job = plan(config)[0]
-    with pytest.raises(UserError, match="does not see --data_dir .*absent: data, checkpoints and results must be"):
-        on_worker(lambda *args: None, config, job)
+    rows = remote_job(PROJECT, "benchmark", "run_job", config.as_dict(), tuple(vars(job).values()))
+    assert len(rows) == 1 and "does not see --data_dir" in rows[0][1]["error"]
+    assert "must be on a filesystem every worker sees" in rows[0][1]["error"]
 
 
 @pytest.mark.slow

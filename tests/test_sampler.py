@@ -1,5 +1,6 @@
 """The blind-spot sampler, specified by properties on a cube whose values are all distinct."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -185,10 +186,16 @@ def test_masks_depend_only_on_the_generator():
     assert not torch.equal(first[0], other[0])
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(patch=25), "too large"), (dict(patch=1), "too small"), (dict(size_window=1), "size_window"),
-    (dict(patch=5, size_window=7), "size_window"), (dict(ratio=1.0), "ratio"), (dict(ratio=-0.1), "ratio")])
-def test_bad_settings_are_user_errors(kwargs, message):
-    settings = dict(patch=7, size_window=5, ratio=0.9) | kwargs
-    with pytest.raises(UserError, match=message):
-        BlindSpotSampler(distinct_cube(), **settings)
+def test_a_patch_too_large_for_the_scene_is_a_user_error():
+    with pytest.raises(UserError, match="too large"):
+        BlindSpotSampler(distinct_cube(), patch=25, size_window=5, ratio=0.9)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--patch", "1"], "--patch: 1 is outside >= 2"), (["--size_window", "1"], "--size_window: 1 is outside >= 2"),
+    (["--patch", "5", "--size_window", "7"], "--size_window 7 must be at most --patch (5)"),
+    (["--ratio", "1.0"], "--ratio: 1.0 is outside [0, 1)"), (["--ratio", "-0.1"], "--ratio: -0.1 is outside")])
+def test_the_samplers_settings_are_checked_once_when_parsed(flags, message):
+    from config import parse_config
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_config(flags)
