@@ -195,7 +195,8 @@ class Config:
     amp: str = flag("off", WEIGHTS, "mixed precision for the network (fp16 on GPU only); off = faithful fp32",
                     "speed", choices=("off", "bf16", "fp16"), tag="{}")
     drop_bands: tuple = flag((), SCENE, "leave out these bands (numbered from 1, as in ENVI), e.g. 104-113,148-167",
-                             parse=band_ranges, tag=lambda c: c.drop_bands and f"drop{range_list_text(c.drop_bands, '+')}")
+                             parse=band_ranges,
+                             tag=lambda c: c.drop_bands and f"drop{range_list_text(c.drop_bands, '+')}")
     keep_bad_bands: bool = flag(False, SCENE, "keep the bands the file flags as bad (an ENVI or GDAL bbl; left out "
                                 "by default)", tag="allbands")
     tf32: bool = flag(False, WEIGHTS, "allow TF32 matrix maths on NVIDIA GPUs", "speed", tag="tf32")
@@ -253,8 +254,8 @@ class Config:
     resume: bool = flag(False, NEITHER, "continue the run these flags describe from its latest checkpoint")
     eval_every: int = flag(None, NEITHER, "during training, record the AUC every N epochs in the log and plot AUC "
                            "and loss", parse=positive_int())
-    roc_log: bool = flag(False, NEITHER, "draw roc.png with the log-scale P_F axis only (default: linear and log "
-                         "side by side)", "evaluation")
+    roc_log: bool = flag(False, NEITHER, "draw roc.png with the log-scale P_F axis only (without it: linear and "
+                         "log side by side)", "evaluation")
     keep_subnormals: bool = flag(False, NEITHER, "keep subnormal floats on the CPU; without it they are flushed to "
                                  "zero, which is up to 2x faster at some stages of training and leaves the losses "
                                  "unchanged", "speed")

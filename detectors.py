@@ -139,5 +139,6 @@ def detect_with_baseline(config, method):
     if note:
         print(f"note: {note}")
         info["note"] = note
-    return write_results(config, result_folder(config, method), label, with_missing(min_max, scores, scene.missing).astype(np.float32),
+    score_map = with_missing(min_max, scores, scene.missing).astype(np.float32)
+    return write_results(config, result_folder(config, method), label, score_map,
                          scene, None, info)

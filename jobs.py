@@ -23,7 +23,7 @@ def run_jobs(config, jobs, work, log_dir, report):
     `report(index, result)` as each ends. Returns None, or why it stopped early (Ctrl-C: the finished
     jobs are reported, the running ones stopped, the others not started)."""
     if config.scheduler:
-        return on_dask(config, jobs, work, report)
+        return on_dask(config, jobs, work, log_dir, report)
     if config.jobs > 1:
         return in_processes(config, jobs, work, log_dir, report)
     for index, job in enumerate(jobs):
@@ -84,7 +84,7 @@ def logged(work, config, job, path):
         return work(config, job)
 
 
-def on_dask(config, jobs, work, report):
+def on_dask(config, jobs, work, log_dir, report):
     """The jobs on the Dask cluster at --scheduler. The scheduler and the workers unpickle every task, and need
     not have this project on their path: a task is the builtin eval of BOOTSTRAP with plain data, which adds
     the project's folder (on a filesystem every worker sees, like the data and the outputs) to the path."""
@@ -98,9 +98,10 @@ def on_dask(config, jobs, work, report):
         raise UserError(f"no Dask scheduler answers at {config.scheduler} ({error}): start one (dask scheduler, "
                         "or dask-jobqueue) and pass its address") from None
     with client:
-        futures = {client.submit(eval, BOOTSTRAP, {"args": (PROJECT, work.__module__, work.__name__, config.as_dict(),
-                                                            tuple(vars(job).values()))}, pure=False): index
-                   for index, job in enumerate(jobs)}
+        futures = {client.submit(eval, BOOTSTRAP, {"args": (
+            PROJECT, work.__module__, work.__name__, config.as_dict(), tuple(vars(job).values()),
+            os.path.abspath(os.path.join(log_dir, f"job{index + 1:03d}.log")))}, pure=False): index
+            for index, job in enumerate(jobs)}
         try:
             for future in tqdm(as_completed(futures), total=len(jobs), desc="jobs", dynamic_ncols=True):
                 try:
@@ -116,8 +117,9 @@ def on_dask(config, jobs, work, report):
     return None
 
 
-def remote_job(project, module, function, fields, job_fields):
-    """On a Dask worker (BOOTSTRAP has put `project` on the path): the job's rows, or its failure's."""
+def remote_job(project, module, function, fields, job_fields, log):
+    """On a Dask worker (BOOTSTRAP has put `project` on the path): the job's rows, or its failure's; its output
+    goes to the file `log` in the shared results folder."""
     import importlib
 
     from benchmark import Job, row_keys
@@ -126,7 +128,8 @@ def remote_job(project, module, function, fields, job_fields):
     reason = check_worker(config, job)
     if reason:
         return [(key, dict(error=reason)) for key in row_keys(config, job)]
-    return getattr(importlib.import_module(module), function)(config, job)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    return logged(getattr(importlib.import_module(module), function), config, job, log)
 
 
 def check_worker(config, job):

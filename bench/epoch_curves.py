@@ -24,7 +24,6 @@ chosen leave-one-scene-out: on the other scenes' regret, never on the reported s
 import argparse
 import csv
 import glob
-import json
 import multiprocessing
 import os
 import subprocess
@@ -37,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from label_free import (SELECTORS, STATISTICS, leave_one_scene_out, moving_variances, pixel_errors,  # noqa: E402
                         regret, run_statistics)
-from runs import LOCK_NAME, LOG_NAME, checkpoint_path, read_log, saved_epochs  # noqa: E402
+from runs import LOCK_NAME, LOG_NAME, checkpoint_path, logged_config, read_log, saved_epochs  # noqa: E402
 from scenes import scene_name  # noqa: E402
 
 SCENES = ["HYDICE-II", "abu-airport-1", "abu-urban-1", "abu-airport-2", "abu-beach-2", "abu-urban-2",
@@ -52,19 +51,12 @@ CSV_PATH = os.path.join(ROOT, "bench", "epoch_curves.csv")
 FIGURE_PATH = os.path.join(ROOT, "bench", "figures", "epoch_curves.png")
 
 
-def log_config(path):
-    """The `# config` JSON on a training log's first line, or None."""
-    with open(path) as log:
-        first = log.readline()
-    return json.loads(first[len("# config "):]) if first.startswith("# config ") else None
-
-
 def find_run(checkpoints_dir, scene, seed):
     """The run folder under `checkpoints_dir` whose log's config names `scene` and `seed`, trained in
     fp32 (amp off), or None; the one with most checkpoints if several."""
     found = []
     for path in glob.glob(os.path.join(checkpoints_dir, "**", LOG_NAME), recursive=True):
-        config = log_config(path)
+        config = logged_config(path)
         if config and scene_name(config["dataset"]) == scene and config["seed"] == seed and config["amp"] == "off":
             found.append(os.path.dirname(path))
     return max(found, key=lambda run_dir: len(saved_epochs(run_dir)), default=None)
@@ -106,7 +98,7 @@ def evaluate_run(scene, seed, run_dir, data_dir):
     from model import load_checkpoint, reconstruct
     from scenes import load_scene
     from scoring import blindspot_reconstruct
-    config = log_config(os.path.join(run_dir, LOG_NAME))
+    config = logged_config(os.path.join(run_dir, LOG_NAME))
     log_rows = read_log(os.path.join(run_dir, LOG_NAME))
     losses = {row["epoch"]: row["loss"] for row in log_rows}
     loaded = load_scene(data_dir, scene)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 from conftest import ROOT, cli_flags
 
 from benchmark import plan
@@ -59,20 +60,27 @@ def test_an_invalid_grid_value_is_refused_before_anything_trains(scene_dir, caps
 
 @pytest.mark.slow
 def test_parallel_jobs_give_the_sequential_table(scene_dir):
-    flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2", "--methods", "bs3lnet,rx,lrx",
+    """The same AUCs bit for bit as a sequential run with each worker's share of the CPU threads (the thread
+    count alone changes the float summation order of a convolution)."""
+    flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,lrx",
              "--epochs", "1", "--grid", "ratio=0.8,0.9", "--win_out", "5"]
-    assert main(cli_flags(scene_dir, "tiny", *flags)) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    try:
+        assert main(cli_flags(scene_dir, "tiny", *flags)) == 0
+    finally:
+        torch.set_num_threads(threads)
     sequential = table(scene_dir)
     parallel_dir = scene_dir / "parallel"
     os.makedirs(parallel_dir)
     os.link(scene_dir / "tiny.mat", parallel_dir / "tiny.mat")
     assert main(cli_flags(parallel_dir, "tiny", *flags, "--jobs", "2")) == 0
     parallel = table(parallel_dir)
-    assert len(parallel) == len(sequential) == 4
+    assert len(parallel) == len(sequential) == 3
     for one, two in zip(sequential, parallel):
-        assert (one["dataset"], one["ratio"], one["method"]) == (two["dataset"], two["ratio"], two["method"])
-        assert float(one["auc"]) == pytest.approx(float(two["auc"]), abs=1e-6)
-    assert len(os.listdir(parallel_dir / "results" / "benchmark" / "logs")) == 6  # one log per job
+        assert (one["dataset"], one["ratio"], one["method"], one["auc"], one["auc_f_tau"]) == \
+            (two["dataset"], two["ratio"], two["method"], two["auc"], two["auc_f_tau"])
+    assert len(os.listdir(parallel_dir / "results" / "benchmark" / "logs")) == 3  # one log per job
 
 
 @pytest.mark.slow
@@ -85,7 +93,10 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_jobs(scene_dir):
     while not (scene_dir / "checkpoints").exists() or not list((scene_dir / "checkpoints").rglob("train_log.tsv")):
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.5)
-    time.sleep(8)  # the rx job has finished, trainings are running
+    while not list((scene_dir / "results").glob("tiny-*/rx/metrics.json")):  # the rx job has finished
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.5)
+    time.sleep(2)  # the trainings are running
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) >= 2
     os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
@@ -107,7 +118,8 @@ def test_a_worker_that_cannot_see_the_folders_fails_its_job_with_the_reason(scen
     config = parse_config(cli_flags(scene_dir, "tiny", "--command", "benchmark", "--methods", "rx", "--data_dir",
                                     str(scene_dir / "absent")))
     job = plan(config)[0]
-    rows = remote_job(PROJECT, "benchmark", "run_job", config.as_dict(), tuple(vars(job).values()))
+    rows = remote_job(PROJECT, "benchmark", "run_job", config.as_dict(), tuple(vars(job).values()),
+                      str(scene_dir / "job.log"))
     assert len(rows) == 1 and "does not see --data_dir" in rows[0][1]["error"]
     assert "must be on a filesystem every worker sees" in rows[0][1]["error"]
 
@@ -117,7 +129,7 @@ def test_a_dask_cluster_gives_the_sequential_table(scene_dir):
     pytest.importorskip("dask.distributed", reason="Dask's distributed is an optional extra "
                         "(pip install -r requirements-cluster.txt)")
     from dask.distributed import LocalCluster
-    flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2", "--methods", "bs3lnet,rx",
+    flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,rx",
              "--epochs", "1"]
     assert main(cli_flags(scene_dir, "tiny", *flags)) == 0
     sequential = table(scene_dir)
@@ -127,6 +139,7 @@ def test_a_dask_cluster_gives_the_sequential_table(scene_dir):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         assert main(cli_flags(cluster_dir, "tiny", *flags, "--scheduler", cluster.scheduler_address)) == 0
     clustered = table(cluster_dir)
+    assert len(os.listdir(cluster_dir / "results" / "benchmark" / "logs")) == 2  # one log per job, on the workers
     assert [(r["method"], r["auc"], r["runs"]) for r in clustered] == [(r["method"], r["auc"], r["runs"])
                                                                         for r in sequential]
 

@@ -10,7 +10,7 @@ import torch
 from conftest import cli_flags, scene_folder, tiny_scene
 from main import main
 from model import BS3LNet, init_weights, reconstruct
-import scoring
+import scoring as scoring_module
 from scoring import blindspot_partition, blindspot_reconstruct, group_count
 from utils import UserError
 
@@ -172,7 +172,7 @@ def test_blind_spot_scoring_that_takes_more_than_a_moment_shows_progress(monkeyp
 
     def slow(net, shown, device, tile, amp, keep, out):
         time.sleep(0.25)
-    monkeypatch.setattr(scoring, "reconstruct", slow)
+    monkeypatch.setattr(scoring_module, "reconstruct", slow)
     hsi = np.random.RandomState(0).rand(8, 8, 3).astype(np.float32)
-    scoring.blindspot_reconstruct(None, hsi, "cpu", 3, 0.9, seed=1, repeats=1)  # 10 passes, 2.5 s
+    scoring_module.blindspot_reconstruct(None, hsi, "cpu", 3, 0.9, seed=1, repeats=1)  # 10 passes, 2.5 s
     assert "blind-spot scoring" in capsys.readouterr().err
