@@ -14,7 +14,9 @@ The folders are derived from these declarations (`run_name`, `result_folder`) pl
 (`scenes.scene_identity`), so a flag added with its role can never silently reuse another run.
 """
 import argparse
+import hashlib
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 
 from utils import UserError
@@ -269,8 +271,8 @@ class Config:
     jobs: int = flag(1, NEITHER, "benchmark: trainings run at once, in separate processes sharing the CPU threads "
                      "(or one GPU)", "benchmark", parse=positive_int())
     scheduler: str = flag(None, NEITHER, "benchmark: send the jobs to the Dask cluster at this address "
-                          "(tcp://host:8786) instead; checkpoints and results must be on a filesystem every worker "
-                          "sees", "benchmark")
+                          "(tcp://host:8786) instead; this project's folder, the data, checkpoints and results must be "
+                          "on a filesystem every worker sees", "benchmark")
 
     def __post_init__(self):
         """Checks across flags (each flag's own range or choice is checked when it is parsed)."""
@@ -312,8 +314,6 @@ def changes_result(name, method):
 
 def checkpoint_tag(path):
     """A --checkpoint's results are named by the file and a digest of its full path: two runs' epoch_0003.pt differ."""
-    import hashlib
-    import os
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
     return f"checkpoint_{os.path.splitext(os.path.basename(path))[0]}_{digest}"
 
