@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 
-from utils import UserError
+from utils import UserError, range_list_text
 
 WEIGHTS, SCENE, RESULT, NEITHER = "weights", "scene", "result", "neither"
 ROLES = (WEIGHTS, SCENE, RESULT, NEITHER)
@@ -81,11 +81,6 @@ def band_ranges(text):
         else:
             merged.append((low, high))
     return tuple(merged)
-
-
-def range_list_text(ranges, separator=", "):
-    """((104, 113), (148, 148)) as '104-113, 148'."""
-    return separator.join(str(low) if low == high else f"{low}-{high}" for low, high in ranges)
 
 
 def comma_list(cast=str, choices=None):

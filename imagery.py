@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from utils import UserError
+from utils import UserError, range_list_text
 
 ENVI_SUFFIXES = (".hdr",)
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -554,7 +554,7 @@ def ranges_text(bands, separator=", "):
             ranges[-1][1] = band
         else:
             ranges.append([band, band])
-    return separator.join(str(low) if low == high else f"{low}-{high}" for low, high in ranges)
+    return range_list_text(ranges, separator)
 
 
 def read_raster_map(path, shape, scene_raster=None, scene_path=None):

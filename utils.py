@@ -166,3 +166,8 @@ def autocast(device, amp):
     """Mixed-precision context for `--amp off|bf16|fp16` on `device` (a no-op for off)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def range_list_text(ranges, separator=", "):
+    """((104, 113), (148, 148)) as '104-113, 148'."""
+    return separator.join(str(low) if low == high else f"{low}-{high}" for low, high in ranges)
