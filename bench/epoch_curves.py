@@ -6,8 +6,8 @@
 
 Jobs are scene x seed (JOBS). Each run is trained with the default flags to 30 epochs with a checkpoint
 every 5 (`main.py --command train --epochs 30 --save_freq 5`; a partial run is resumed with --resume,
-a finished one reused; a run whose folder holds a `.lock` naming a live process is being trained
-elsewhere and is skipped as in progress; --no_train evaluates finished runs only). A run's folder is
+a finished one reused; a run whose `.lock` is held (runs.lock_owner) is being trained elsewhere
+and is skipped as in progress; --no_train evaluates finished runs only). A run's folder is
 found by its log's `# config` line (dataset, seed, fp32), not by its name. Every checkpoint is then
 evaluated on the CPU in fp32: the AUC of official scoring (model.reconstruct of the whole scene,
 metrics.detection_map, auc_score), the AUC of blind-spot scoring (R=1, seeded by the run's seed)
@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from label_free import (SELECTORS, STATISTICS, leave_one_scene_out, moving_variances, pixel_errors,  # noqa: E402
                         regret, run_statistics)
-from runs import LOCK_NAME, LOG_NAME, checkpoint_path, logged_config, read_log, saved_epochs  # noqa: E402
+from runs import LOG_NAME, checkpoint_path, lock_owner, logged_config, read_log, saved_epochs  # noqa: E402
 from scenes import scene_name  # noqa: E402
 
 SCENES = ["HYDICE-II", "abu-airport-1", "abu-urban-1", "abu-airport-2", "abu-beach-2", "abu-urban-2",
@@ -60,24 +60,6 @@ def find_run(checkpoints_dir, scene, seed):
         if config and scene_name(config["dataset"]) == scene and config["seed"] == seed and config["amp"] == "off":
             found.append(os.path.dirname(path))
     return max(found, key=lambda run_dir: len(saved_epochs(run_dir)), default=None)
-
-
-def training_in_progress(run_dir):
-    """Whether another process is training `run_dir`: its `.lock` names a live process (or no one yet)."""
-    try:
-        with open(os.path.join(run_dir, LOCK_NAME)) as lock:
-            owner = lock.read().strip()
-    except FileNotFoundError:
-        return False
-    if not owner.isdigit():
-        return True  # just created, its owner not yet written
-    try:
-        os.kill(int(owner), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def train_run(scene, seed, args, threads, resume):
@@ -126,8 +108,9 @@ def run_job(scene, seed, args, threads):
     import torch
     torch.set_num_threads(threads)
     run_dir = find_run(args["checkpoints_dir"], scene, seed)
-    if run_dir and training_in_progress(run_dir):
-        return "in progress (being trained by another process)", []
+    owner = lock_owner(run_dir) if run_dir else None
+    if owner is not None:
+        return f"in progress (being trained by process {owner})", []
     missing_epochs = [e for e in CHECKPOINT_EPOCHS if e not in (saved_epochs(run_dir) if run_dir else [])]
     if missing_epochs:
         if args["no_train"]:

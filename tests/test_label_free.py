@@ -2,8 +2,6 @@
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from label_free import (STATISTICS, Selector, consensus, heldout_error, leave_on
                         select_first_below, select_max, select_min, suspect_contrast)
 from conftest import ROOT
 from model import reconstruct
+from runs import run_lock
 from scoring import blindspot_reconstruct
 
 EPOCHS = [5, 10, 15, 20, 25, 30]
@@ -149,7 +148,7 @@ def load_epoch_curves():
     return module
 
 
-def test_the_study_finds_runs_by_their_log_and_skips_one_whose_lock_names_a_live_process(tmp_path):
+def test_the_study_finds_runs_by_their_log_and_skips_one_being_trained(tmp_path):
     curves = load_epoch_curves()
     for folder, dataset, seed in [("a", "HYDICE-II", 1), ("b", "/data/HYDICE-II.mat", 2), ("c", "abu-urban-1", 2)]:
         (tmp_path / folder).mkdir()
@@ -157,14 +156,12 @@ def test_the_study_finds_runs_by_their_log_and_skips_one_whose_lock_names_a_live
         (tmp_path / folder / "train_log.tsv").write_text(f"# config {json.dumps(config)}\nepoch\tloss\n")
     assert curves.find_run(str(tmp_path), "HYDICE-II", 2) == str(tmp_path / "b")
     assert curves.find_run(str(tmp_path), "abu-urban-1", 1) is None
-    run_dir = tmp_path / "b"
-    assert not curves.training_in_progress(str(run_dir))
-    (run_dir / ".lock").write_text(f"{os.getpid()}\n")
-    assert curves.training_in_progress(str(run_dir))
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()
-    (run_dir / ".lock").write_text(f"{ended.pid}\n")  # left by a process that died
-    assert not curves.training_in_progress(str(run_dir))
+    settings = dict(checkpoints_dir=str(tmp_path), data_dir=str(tmp_path), no_train=True)
+    with run_lock(str(tmp_path / "b")):  # as a training holds it
+        status, rows = curves.run_job("HYDICE-II", 2, settings, threads=1)
+    assert status.startswith("in progress") and rows == []
+    status, rows = curves.run_job("HYDICE-II", 2, settings, threads=1)  # the lock released
+    assert status.startswith("not evaluated") and "--no_train" in status and rows == []
 
 
 def test_the_study_writes_and_reads_back_its_csv_rows(tmp_path):
