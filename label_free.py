@@ -24,6 +24,7 @@ SUSPECT_FRACTION = 0.01  # share of the pixels taken as the run's suspects (susp
 MV_MASSES = np.linspace(0.9, 0.999, 100)  # Goix et al.'s mass range for high-dimensional data
 LOSS_CHANGE_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
 STABILITY_GRID = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+SHORTFALL_LIMIT = 0.005  # the most AUC an offered selector may give up against the official last epoch, per scene
 STATISTICS = ("heldout_error", "loss_change", "score_stability", "moving_variance", "consensus",
               "suspect_contrast", "mass_volume")
 
@@ -223,3 +224,22 @@ def leave_one_scene_out(runs_by_scene, selector, target="auc"):
         result[scene] = (threshold, float(np.mean([regret(rows, selector.choose(rows, threshold), target)
                                                    for rows in runs])))
     return result
+
+
+def judge_selector(regrets, fixed_regrets, last_epoch_regrets):
+    """(mean regret, worst regret, worst shortfall, offered) of a selector over scenes.
+
+    Each argument maps a scene to a regret (None where none could be judged); `fixed_regrets` maps each
+    fixed epoch's name to such a dict, `last_epoch_regrets` is the official last epoch's. The shortfall on a
+    scene is how far the chosen checkpoint's AUC lies below the last epoch's (the selector's regret minus
+    the last epoch's). A selector is worth offering only if its mean regret is below every fixed epoch's
+    and its shortfall is at most SHORTFALL_LIMIT on every scene; one not judged on every scene is not.
+    """
+    values = list(regrets.values())
+    if not values or any(v is None for v in values):
+        return None, None, None, False
+    mean, worst = float(np.mean(values)), float(max(values))
+    shortfall = float(max(regrets[scene] - last_epoch_regrets[scene] for scene in regrets))
+    offered = (all(mean < np.mean(list(fixed.values())) for fixed in fixed_regrets.values())
+               and shortfall <= SHORTFALL_LIMIT)
+    return mean, worst, shortfall, offered

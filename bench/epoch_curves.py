@@ -18,8 +18,9 @@ against the epoch, one line per scene (seed 1).
 
 --report prints markdown tables from the CSV: the AUC of every checkpoint, and for each selector of
 label_free.py and each fixed epoch the regret per scene (the best checkpoint's AUC minus the chosen
-checkpoint's, averaged over the scene's seeds), with its mean and worst over scenes. Thresholds are
-chosen leave-one-scene-out: on the other scenes' regret, never on the reported scene's.
+checkpoint's, averaged over the scene's seeds), its mean and worst over scenes, its worst shortfall
+against the last epoch and whether that earns the selector an opt-in (label_free.judge_selector).
+Thresholds are chosen leave-one-scene-out: on the other scenes' regret, never on the reported scene's.
 """
 import argparse
 import csv
@@ -34,8 +35,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from label_free import (SELECTORS, STATISTICS, leave_one_scene_out, moving_variances, pixel_errors,  # noqa: E402
-                        regret, run_statistics)
+from label_free import (SELECTORS, STATISTICS, judge_selector, leave_one_scene_out, moving_variances,  # noqa: E402
+                        pixel_errors, regret, run_statistics)
 from runs import LOG_NAME, checkpoint_path, lock_owner, logged_config, read_log, saved_epochs  # noqa: E402
 from scenes import scene_name  # noqa: E402
 
@@ -174,25 +175,36 @@ def auc_table(rows, target):
 
 
 def regret_table(rows, target):
-    """Per selector and fixed epoch: the regret per scene (mean over seeds), mean and worst over scenes."""
+    """The regret tables: per selector and fixed epoch, the mean and worst regret over scenes, the worst
+    shortfall against the last epoch and whether the selector may be offered (label_free.judge_selector);
+    then each scene's regret (mean over its seeds), a column per selector; then the thresholds chosen."""
     scenes = runs_by_scene(rows)
-    results, thresholds = {}, []
+    regrets, short_names, thresholds = {}, {}, []
     for selector in SELECTORS:
         chosen = leave_one_scene_out(scenes, selector, target)
-        results[selector.name] = {scene: value for scene, (_, value) in chosen.items()}
+        regrets[selector.name] = {scene: value for scene, (_, value) in chosen.items()}
+        short_names[selector.name] = selector.statistic
         if selector.grid:
             thresholds.append(f"{selector.name}: " + ", ".join(f"{s} {'n/a (no other scene)' if t is None else t}"
                                                               for s, (t, _) in chosen.items()))
+    fixed = {}
     for epoch in FIXED_EPOCHS:
-        results[f"epoch {epoch}"] = {scene: float(np.mean([regret(run, epoch, target) for run in runs]))
-                                     for scene, runs in scenes.items()}
-    lines = []
-    for name, per_scene in results.items():
-        values = [v for v in per_scene.values() if v is not None]
-        summary = [f"{np.mean(values):.4f}", f"{max(values):.4f}"] if values else ["n/a", "n/a"]
-        lines.append([name] + ["n/a" if v is None else f"{v:.4f}" for v in per_scene.values()] + summary)
-    text = markdown_table(["selector"] + list(scenes) + ["mean", "worst"], lines)
-    return text + "\n\nThresholds chosen leave-one-scene-out (scene: threshold):\n" + "\n".join(thresholds)
+        name = f"epoch {epoch}" + (" (the last)" if epoch == EPOCHS else "")
+        fixed[name] = {scene: float(np.mean([regret(run, epoch, target) for run in runs]))
+                       for scene, runs in scenes.items()}
+        short_names[name] = f"e{epoch}"
+    last = fixed[f"epoch {EPOCHS} (the last)"]
+    summary = []
+    for name, per_scene in {**regrets, **fixed}.items():
+        mean, worst, shortfall, offered = judge_selector(per_scene, fixed, last)
+        verdict = "–" if name in fixed else "yes" if offered else "no"
+        summary.append([name] + ["n/a" if v is None else f"{v:.4f}" for v in (mean, worst, shortfall)] + [verdict])
+    per_scene_lines = [[scene] + ["n/a" if table[scene] is None else f"{table[scene]:.4f}"
+                                  for table in {**regrets, **fixed}.values()] for scene in scenes]
+    return "\n\n".join([
+        markdown_table(["selector", "mean", "worst", "worst below the last epoch", "offered"], summary),
+        markdown_table(["scene"] + list(short_names.values()), per_scene_lines),
+        "Thresholds chosen leave-one-scene-out (scene: threshold):\n" + "\n".join(thresholds)])
 
 
 def plot_curves(rows, path=FIGURE_PATH):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from label_free import (STATISTICS, Selector, consensus, heldout_error, leave_one_scene_out, log_mass_volume,
-                        loss_change_per_checkpoint, moving_variances, pixel_errors, rank_correlations,
+from label_free import (STATISTICS, Selector, consensus, heldout_error, judge_selector, leave_one_scene_out,
+                        log_mass_volume, loss_change_per_checkpoint, moving_variances, pixel_errors, rank_correlations,
                         relative_loss_changes, run_statistics, score_stability, select_first_above,
                         select_first_below, select_max, select_min, suspect_contrast)
 from conftest import ROOT
@@ -174,3 +174,16 @@ def test_the_study_writes_and_reads_back_its_csv_rows(tmp_path):
     curves.append_rows([dict(row, epoch=10)], path)
     back = curves.read_rows(path)
     assert [r["epoch"] for r in back] == [5, 10] and back[0]["auc"] == 0.95 and np.isnan(back[0]["score_stability"])
+
+
+def test_a_selector_is_offered_only_below_every_fixed_epoch_and_never_far_below_the_last():
+    last = {"rising": 0.0, "falling": 0.03}
+    fixed = {"epoch 5": {"rising": 0.04, "falling": 0.0}, "epoch 30": last}
+    judged = judge_selector({"rising": 0.004, "falling": 0.002}, fixed, last)
+    assert judged == pytest.approx((0.003, 0.004, 0.004, True))
+    # the least mean regret, but 0.006 below the last epoch on the rising scene
+    mean, worst, shortfall, offered = judge_selector({"rising": 0.006, "falling": 0.0}, fixed, last)
+    assert shortfall == pytest.approx(0.006) and not offered
+    # never below the last epoch, but no better than a fixed epoch on average
+    assert not judge_selector({"rising": 0.0, "falling": 0.04}, fixed, last)[3]
+    assert judge_selector({"rising": 0.001, "falling": None}, fixed, last) == (None, None, None, False)
