@@ -41,7 +41,8 @@ def in_processes(config, jobs, work, log_dir, report):
     threads = max(1, len(os.sched_getaffinity(0)) // config.jobs) if hasattr(os, "sched_getaffinity") else 1
     os.makedirs(log_dir, exist_ok=True)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=start_worker, initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=start_worker,
+                             initargs=(threads, not config.keep_subnormals)) as pool:
         pending = {pool.submit(logged, work, config, job, os.path.join(log_dir, f"job{index + 1:03d}.log")): index
                    for index, job in enumerate(jobs)}
         with tqdm(total=len(jobs), desc="jobs", dynamic_ncols=True) as bar:
@@ -67,13 +68,14 @@ def stop_workers(pool, pending):
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-def start_worker(threads):
-    """A worker process: its share of the CPU threads, subnormals flushed, Ctrl-C and SIGTERM interrupt."""
+def start_worker(threads, flush):
+    """A worker process: its share of the CPU threads, subnormals flushed (unless --keep_subnormals), Ctrl-C
+    and SIGTERM interrupt."""
     import torch
 
     from utils import flush_subnormals
     torch.set_num_threads(threads)
-    flush_subnormals()
+    flush_subnormals(flush)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
 
@@ -124,11 +126,15 @@ def remote_job(project, module, function, fields, job_fields, log):
 
     from benchmark import Job, row_keys
     from config import Config
+    from utils import flush_subnormals
     config, job = Config(**fields), Job(*job_fields)
     reason = check_worker(config, job)
     if reason:
         return [(key, dict(error=reason)) for key in row_keys(config, job)]
     os.makedirs(os.path.dirname(log), exist_ok=True)
+    # A Dask task runs in a thread of the worker's, and the flushing of subnormal floats is a thread's own
+    # setting: set it here, in the task's thread, as main() does for a command (utils.flush_subnormals).
+    flush_subnormals(not config.keep_subnormals)
     return logged(getattr(importlib.import_module(module), function), config, job, log)
 
 

@@ -1,11 +1,12 @@
 """One benchmark grid run three ways: sequentially, with --jobs N worker processes, and on a Dask LocalCluster.
 
     python bench/grid_parallel.py [--data_dir ../shared/data] [--dataset HYDICE-II] [--epochs 2] [--jobs 2]
+        [--modes sequential,sequential-threads,jobs,dask]
 
 The grid: 2 ratios x 2 patch sizes x 2 seeds = 8 trainings of BS3LNet (default flags otherwise), each
 scored once. Every mode starts from empty checkpoint and results folders, so each trains all 8. Prints a
-markdown table: wall seconds, the ratio to the sequential run, and the largest difference of an AUC (mean
-of the seeds) from the sequential run's. A sequential run with each job's share of the threads (cores /
+markdown table: wall seconds, the ratio to the first mode's (the sequential run's by default), and the
+largest difference of an AUC (mean of the seeds) from the first mode's. A sequential run with each job's share of the threads (cores /
 --jobs) shows how much of a difference the thread count alone (the float summation order) makes. The
 LocalCluster (started before the clock) has --jobs workers with that share each.
 """
@@ -47,16 +48,22 @@ def main():
     parser.add_argument("--dataset", default="HYDICE-II")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--modes", default="sequential,sequential-threads,jobs,dask",
+                        help="the modes to run, in this order (the first is the reference)")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     labels = {"sequential": "sequential", "sequential-threads": f"sequential, {threads} thread(s) as each job has",
               "jobs": f"--jobs {args.jobs}", "dask": f"Dask LocalCluster, {args.jobs} workers x {threads} thread(s)"}
-    print(f"| mode ({args.dataset}, 8 trainings of {args.epochs} epochs) | wall s | vs sequential | largest AUC "
-          "difference |")
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(labels))
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}: choose from {', '.join(labels)}")
+    print(f"| mode ({args.dataset}, 8 trainings of {args.epochs} epochs) | wall s | vs {labels[modes[0]]} | "
+          "largest AUC difference |")
     print("|---|---|---|---|", flush=True)
     base = None
     with tempfile.TemporaryDirectory() as work:
-        for mode in labels:
+        for mode in modes:
             folder = os.path.join(work, mode)
             os.makedirs(folder)
             if mode == "dask":  # started before the clock; its processes do not have this project on their path

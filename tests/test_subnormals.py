@@ -44,3 +44,36 @@ def test_training_evaluation_and_prediction_flush_subnormals_in_every_thread(sce
     kept = probe(scene_dir, "--keep_subnormals", "--overwrite")
     assert kept["codes"] == [0, 0]
     assert kept["seen"] == ["kept"] * 4
+
+
+JOB_PROBE = """
+import json, sys, threading
+sys.path[:0] = [{root!r}, {tmp!r}]
+import jobs, probe_work
+from benchmark import Job
+from config import parse_config
+jobs.check_worker = lambda config, job: None  # the probe reads no scene
+seen, job = {{}}, Job("tiny", "bs3lnet", 1, (), ())
+for keep in (False, True):
+    config = parse_config({flags!r} + (["--keep_subnormals"] if keep else []))
+    task = threading.Thread(target=lambda: seen.setdefault(f"dask keep={{keep}}", jobs.remote_job(
+        {root!r}, "probe_work", "handling", config.as_dict(), tuple(vars(job).values()), {log!r})))
+    task.start()  # a Dask worker runs each task in a thread of its own
+    task.join()
+    jobs.in_processes(config, [job], probe_work.handling, {tmp!r}, lambda index, result: seen.update(
+        {{f"jobs keep={{keep}}": result}}))
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not __import__("torch").set_flush_denormal(False), reason="this CPU cannot flush subnormals")
+def test_benchmark_jobs_flush_subnormals_in_worker_processes_and_dask_task_threads(scene_dir, tmp_path):
+    (tmp_path / "probe_work.py").write_text("def handling(config, job):\n    import utils\n"
+                                            "    return utils.subnormal_handling()\n")
+    flags = ["--command", "benchmark", "--jobs", "2", *cli_flags(scene_dir)]
+    script = JOB_PROBE.format(root=ROOT, tmp=str(tmp_path), flags=flags, log=str(tmp_path / "job.log"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "dask keep=False": "flushed", "jobs keep=False": "flushed", "dask keep=True": "kept", "jobs keep=True": "kept"}
