@@ -1,7 +1,7 @@
 """Epoch curves: can a label-free statistic choose the training epoch as well as the ground truth would?
 
     python bench/epoch_curves.py --checkpoints_dir /work/curves/checkpoints --data_dir ../shared/data \
-        [--jobs 2 --threads 2] [--no_train]
+        [--jobs 2 --threads 2] [--no_train] [--only SCENE:SEED,...]
     python bench/epoch_curves.py --report [--target auc_blindspot]
 
 Jobs are scene x seed (JOBS). Each run is trained with the default flags to 30 epochs with a checkpoint
@@ -225,10 +225,22 @@ def plot_curves(rows, path=FIGURE_PATH):
     plt.close(figure)
 
 
+def parse_jobs(text):
+    """--only's jobs: 'SCENE:SEED,...' as [(scene, seed)], each one of JOBS."""
+    jobs = []
+    for item in text.split(","):
+        scene, _, seed = item.partition(":")
+        job = (scene, int(seed)) if seed.isdigit() else None
+        if job not in JOBS:
+            raise argparse.ArgumentTypeError(f"{item!r} is not a job of the study (SCENE:SEED, e.g. HYDICE-II:2)")
+        jobs.append(job)
+    return jobs
+
+
 def run_pending_jobs(args):
     """Run every job not yet in the CSV, `args.jobs` at a time; append each finished job's rows."""
     done = {(row["scene"], row["seed"]) for row in read_rows()}
-    pending = [job for job in JOBS if job not in done]
+    pending = [job for job in (args.only or JOBS) if job not in done]
     threads = max(1, args.threads // args.jobs)
     settings = dict(data_dir=args.data_dir, checkpoints_dir=args.checkpoints_dir, no_train=args.no_train)
     print(f"{len(done)} jobs already in {CSV_PATH}; {len(pending)} to go, {args.jobs} at a time, "
@@ -257,6 +269,7 @@ def main():
     parser.add_argument("--report", action="store_true", help="print the tables from the CSV, run nothing")
     parser.add_argument("--target", default="auc", choices=["auc", "auc_blindspot"],
                         help="the AUC the regret is measured in (--report)")
+    parser.add_argument("--only", type=parse_jobs, help="run these jobs only, in this order, e.g. HYDICE-II:2,HYDICE-II:3")
     args = parser.parse_args()
     if not args.report:
         run_pending_jobs(args)

@@ -1,4 +1,5 @@
 """Label-free statistics and epoch selectors, each on a tiny situation whose answer is known."""
+import argparse
 import importlib.util
 import json
 import os
@@ -187,3 +188,11 @@ def test_a_selector_is_offered_only_below_every_fixed_epoch_and_never_far_below_
     # never below the last epoch, but no better than a fixed epoch on average
     assert not judge_selector({"rising": 0.0, "falling": 0.04}, fixed, last)[3]
     assert judge_selector({"rising": 0.001, "falling": None}, fixed, last) == (None, None, None, False)
+
+
+def test_only_names_jobs_of_the_study():
+    curves = load_epoch_curves()
+    assert curves.parse_jobs("HYDICE-II:3,abu-urban-1:1") == [("HYDICE-II", 3), ("abu-urban-1", 1)]
+    for bad in ("HYDICE-II:9", "HYDICE-II", "nowhere:1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            curves.parse_jobs(bad)
