@@ -1,5 +1,6 @@
 """Benchmark grids and where their jobs run: one after another, in worker processes, or on a Dask cluster."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from conftest import ROOT, cli_flags
 
 from benchmark import plan
 from config import parse_config
-from jobs import PROJECT, remote_job
+from jobs import PROJECT, glibc, remote_job
 from main import main
 
 GRID = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,rx", "--epochs", "1",
@@ -150,3 +151,42 @@ def test_without_dask_the_scheduler_flag_names_the_install_line(scene_dir, capsy
                       "--scheduler", "tcp://127.0.0.1:1")
     assert main(flags) == 2
     assert "pip install -r requirements-cluster.txt" in capsys.readouterr().err
+
+
+HEAP_PROBE = """
+import json, resource, sys, threading
+sys.path.insert(0, {root!r})
+import torch
+import jobs
+
+def page_faults():  # a tensor of 4 MiB made and freed 50 times, as a training step's activations are
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        torch.empty(1 << 20).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def in_a_job():
+    with jobs.heap_for_tensors():
+        page_faults()  # the thread's own heap grows to hold the tensor
+        seen["job"] = page_faults()
+    seen["after"] = page_faults()
+
+seen = dict(before=page_faults())
+task = threading.Thread(target=in_a_job)  # as a Dask worker runs a task
+task.start()
+task.join()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or glibc() is None, reason="glibc's mallopt only")
+def test_a_job_on_a_dask_worker_keeps_freed_tensors_in_the_heap():
+    """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, under which every freed tensor above
+    128 KiB goes back to the system and the next one faults its pages in again."""
+    result = subprocess.run([sys.executable, "-c", HEAP_PROBE.format(root=ROOT)], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    faults = json.loads(result.stdout.strip().splitlines()[-1])
+    assert faults["before"] > 50 * 1000  # 1024 pages of 4 KiB per tensor: the setting's cost
+    assert faults["job"] < 1024  # not one tensor's pages: the heap kept the memory
+    assert faults["after"] > 50 * 1000  # Dask's own setting is back after the job
