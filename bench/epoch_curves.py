@@ -2,7 +2,7 @@
 
     python bench/epoch_curves.py --checkpoints_dir /work/curves/checkpoints --data_dir ../shared/data \
         [--jobs 2 --threads 2] [--no_train] [--only SCENE:SEED,...]
-    python bench/epoch_curves.py --report [--target auc_blindspot]
+    python bench/epoch_curves.py --report
 
 Jobs are scene x seed (JOBS). Each run is trained with the default flags to 30 epochs with a checkpoint
 every 5 (`main.py --command train --epochs 30 --save_freq 5`; a partial run is resumed with --resume,
@@ -16,7 +16,8 @@ ends; jobs already there are skipped, so the same command resumes the study. --j
 in parallel processes, --threads divided between them. bench/figures/epoch_curves.png plots the AUC
 against the epoch, one line per scene (seed 1).
 
---report prints markdown tables from the CSV: the AUC of every checkpoint, and for each selector of
+The tables go to bench/epoch_curves.md (rewritten after every study and by --report, which also prints
+them): the AUC of every checkpoint, in official and blind-spot scoring, and for each selector of
 label_free.py and each fixed epoch the regret per scene (the best checkpoint's AUC minus the chosen
 checkpoint's, averaged over the scene's seeds), its mean and worst over scenes, its worst shortfall
 against the last epoch and whether that earns the selector an opt-in (label_free.judge_selector).
@@ -50,6 +51,8 @@ FIXED_EPOCHS = (5, 10, 20, 30)
 COLUMNS = ("scene", "seed", "epoch", "precision", "loss", "auc", "auc_blindspot") + STATISTICS
 CSV_PATH = os.path.join(ROOT, "bench", "epoch_curves.csv")
 FIGURE_PATH = os.path.join(ROOT, "bench", "figures", "epoch_curves.png")
+REPORT_PATH = os.path.join(ROOT, "bench", "epoch_curves.md")
+TARGETS = {"auc": "AUC(D,F), official scoring", "auc_blindspot": "AUC(D,F), blind-spot scoring (R=1)"}
 
 
 def find_run(checkpoints_dir, scene, seed):
@@ -207,6 +210,20 @@ def regret_table(rows, target):
         "Thresholds chosen leave-one-scene-out (scene: threshold):\n" + "\n".join(thresholds)])
 
 
+def report(rows):
+    """The markdown of bench/epoch_curves.md: every checkpoint's AUC and the regret tables, in both AUCs."""
+    runs = [f"{scene} seed {run[0]['seed']}" for scene, scene_runs in runs_by_scene(rows).items() for run in scene_runs]
+    parts = ["# Epoch curves: the tables",
+             f"Written by `python bench/epoch_curves.py --report` from `bench/epoch_curves.csv` ({len(runs)} runs: "
+             f"{', '.join(runs)}). How the runs were trained and evaluated, what each statistic is, and the lessons: "
+             "[README.md](README.md#choosing-the-epoch-without-ground-truth). Bold: each run's best checkpoint."]
+    for target, title in TARGETS.items():
+        parts += [f"## {title} of every checkpoint", auc_table(rows, target)]
+    for target, title in TARGETS.items():
+        parts += [f"## Regret in {title}", regret_table(rows, target)]
+    return "\n\n".join(parts) + "\n"
+
+
 def plot_curves(rows, path=FIGURE_PATH):
     """AUC against epoch, one line per scene (seed 1)."""
     import matplotlib
@@ -266,10 +283,10 @@ def main():
     parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in all, divided between jobs")
     parser.add_argument("--no_train", action="store_true", help="evaluate finished runs only, train none")
-    parser.add_argument("--report", action="store_true", help="print the tables from the CSV, run nothing")
-    parser.add_argument("--target", default="auc", choices=["auc", "auc_blindspot"],
-                        help="the AUC the regret is measured in (--report)")
-    parser.add_argument("--only", type=parse_jobs, help="run these jobs only, in this order, e.g. HYDICE-II:2,HYDICE-II:3")
+    parser.add_argument("--report", action="store_true", help="write the tables and the figure from the CSV, "
+                        "and print the tables; run nothing")
+    parser.add_argument("--only", type=parse_jobs,
+                        help="run these jobs only, in this order, e.g. HYDICE-II:2,HYDICE-II:3")
     args = parser.parse_args()
     if not args.report:
         run_pending_jobs(args)
@@ -278,9 +295,11 @@ def main():
         print(f"no rows in {CSV_PATH} yet")
         return
     plot_curves(rows)
+    text = report(rows)
+    with open(REPORT_PATH, "w") as handle:
+        handle.write(text)
     if args.report:
-        print(f"{args.target} per checkpoint (best in bold):\n\n{auc_table(rows, args.target)}\n")
-        print(f"Regret in {args.target}:\n\n{regret_table(rows, args.target)}")
+        print(text)
 
 
 if __name__ == "__main__":

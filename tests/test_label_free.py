@@ -196,3 +196,19 @@ def test_only_names_jobs_of_the_study():
     for bad in ("HYDICE-II:9", "HYDICE-II", "nowhere:1"):
         with pytest.raises(argparse.ArgumentTypeError):
             curves.parse_jobs(bad)
+
+
+def test_the_report_offers_a_selector_that_finds_every_scenes_best_checkpoint():
+    curves = load_epoch_curves()
+    rows = []
+    for scene, aucs in (("rising", (0.90, 0.92, 0.94, 0.95, 0.97, 0.96)),
+                        ("falling", (0.95, 0.97, 0.93, 0.92, 0.91, 0.90))):
+        for epoch, auc in zip(curves.CHECKPOINT_EPOCHS, aucs):
+            statistics = {name: 1.0 for name in STATISTICS}
+            statistics["heldout_error"] = 1.0 - auc  # a statistic whose minimum is the best checkpoint
+            rows.append(dict(scene=scene, seed=1, epoch=epoch, precision="fp32", loss=1.0, auc=auc,
+                             auc_blindspot=auc, **statistics))
+    text = curves.report(rows)
+    assert "2 runs: rising seed 1, falling seed 1" in text
+    assert "| held-out error minimum | 0.0000 | 0.0000 | -0.0100 | yes |" in text  # never below the last epoch
+    assert "| consensus maximum | " in text and text.count("| yes |") == 2  # in both AUCs; constants are not offered
