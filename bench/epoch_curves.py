@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
 
@@ -262,18 +262,27 @@ def run_pending_jobs(args):
     settings = dict(data_dir=args.data_dir, checkpoints_dir=args.checkpoints_dir, no_train=args.no_train)
     print(f"{len(done)} jobs already in {CSV_PATH}; {len(pending)} to go, {args.jobs} at a time, "
           f"{threads} thread(s) each", flush=True)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = {pool.submit(run_job, scene, seed, settings, threads): (scene, seed) for scene, seed in pending}
-        for future in as_completed(futures):
-            scene, seed = futures[future]
-            try:
-                status, rows = future.result()
-            except Exception as error:  # one job's failure must not stop the others
-                status, rows = f"failed: {type(error).__name__}: {error}", []
-            if rows:
-                append_rows(rows)
-            print(f"{scene} seed {seed}: {status}", flush=True)
+    # A job is handed to a worker only when one is free, so that a worker whose study was stopped (its parent
+    # killed) finishes the job it holds and starts no other.
+    queue, running = iter(pending), {}
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def hand_out():
+            job = next(queue, None)
+            if job is not None:
+                running[pool.submit(run_job, *job, settings, threads)] = job
+        for _ in range(args.jobs):
+            hand_out()
+        while running:
+            for future in wait(running, return_when=FIRST_COMPLETED).done:
+                scene, seed = running.pop(future)
+                try:
+                    status, rows = future.result()
+                except Exception as error:  # one job's failure must not stop the others
+                    status, rows = f"failed: {type(error).__name__}: {error}", []
+                if rows:
+                    append_rows(rows)
+                print(f"{scene} seed {seed}: {status}", flush=True)
+                hand_out()
 
 
 def main():
