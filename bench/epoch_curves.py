@@ -230,6 +230,7 @@ def plot_curves(rows, path=FIGURE_PATH):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     figure, axis = plt.subplots(figsize=(8, 5))
+    axis.set_prop_cycle(color=plt.cm.tab20.colors)  # 16 scenes: the default cycle repeats after 10
     for scene, runs in runs_by_scene(rows).items():
         for run in runs:
             if run[0]["seed"] == 1:
