@@ -196,14 +196,14 @@ def regret_table(rows, target):
         fixed[name] = {scene: float(np.mean([regret(run, epoch, target) for run in runs]))
                        for scene, runs in scenes.items()}
         short_names[name] = f"e{epoch}"
-    last = fixed[f"epoch {EPOCHS} (the last)"]
+    last, every = fixed[f"epoch {EPOCHS} (the last)"], {**regrets, **fixed}
     summary = []
-    for name, per_scene in {**regrets, **fixed}.items():
+    for name, per_scene in every.items():
         mean, worst, shortfall, offered = judge_selector(per_scene, fixed, last)
         verdict = "–" if name in fixed else "yes" if offered else "no"
         summary.append([name] + ["n/a" if v is None else f"{v:.4f}" for v in (mean, worst, shortfall)] + [verdict])
     per_scene_lines = [[scene] + ["n/a" if table[scene] is None else f"{table[scene]:.4f}"
-                                  for table in {**regrets, **fixed}.values()] for scene in scenes]
+                                  for table in every.values()] for scene in scenes]
     return "\n\n".join([
         markdown_table(["selector", "mean", "worst", "worst below the last epoch", "offered"], summary),
         markdown_table(["scene"] + list(short_names.values()), per_scene_lines),
