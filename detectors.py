@@ -1,5 +1,4 @@
 """The baseline detectors, global RX and dual-window local RX, and the command that scores a scene with them."""
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,7 +9,7 @@ from config import result_folder
 from metrics import min_max, with_missing
 from results import write_results
 from scenes import scene_from_config
-from utils import UserError
+from utils import UserError, usable_cores
 
 def _pinv_rcond(bands):
     """Relative cutoff of the pseudo-inverses: numpy's rtol=None rule, max(M, N) * eps.
@@ -100,7 +99,7 @@ def lrx(hsi, win_in, win_out):
     def score(start):
         return _lrx_batch(pixels, height, width, offsets, np.arange(start, min(start + batch, height * width)))
 
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = usable_cores()
     # The per-pixel eigendecompositions dominate. numpy releases the GIL during them, and one BLAS thread
     # per batch beats a multi-threaded BLAS, which is slower on matrices this small and thrashes under load.
     with threadpool_limits(limits=1), ThreadPoolExecutor(min(workers, 8)) as pool:

@@ -12,7 +12,7 @@ from concurrent.futures import as_completed as futures_completed
 
 from tqdm import tqdm
 
-from utils import UserError
+from utils import UserError, usable_cores
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))  # sent to Dask workers, which import the project from it
 BOOTSTRAP = "__import__('sys').path.insert(0, args[0]) or __import__('jobs').remote_job(*args)"
@@ -44,7 +44,7 @@ def run_jobs(config, jobs, work, log_dir, report):
 def in_processes(config, jobs, work, log_dir, report):
     """The jobs in config.jobs worker processes, each with an equal share of the CPU threads and its output
     in a log file of its own; an overall progress bar and one line per finished job."""
-    threads = max(1, len(os.sched_getaffinity(0)) // config.jobs) if hasattr(os, "sched_getaffinity") else 1
+    threads = threads_per_job(config.jobs)
     os.makedirs(log_dir, exist_ok=True)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
     with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=start_worker,
@@ -62,6 +62,11 @@ def in_processes(config, jobs, work, log_dir, report):
                 return (f"interrupted with {len(jobs) - len(finished)} of {len(jobs)} jobs unfinished; running "
                         "trainings saved their last epoch")
     return None
+
+
+def threads_per_job(count):
+    """CPU threads for each of `count` jobs run at once: an equal share of the usable cores, at least one."""
+    return max(1, usable_cores() // count)
 
 
 def stop_workers(pool, pending):

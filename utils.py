@@ -162,6 +162,11 @@ def subnormal_handling():
     return "flushed" if bool(flushed.all()) else "kept" if not bool(flushed.any()) else "mixed"
 
 
+def usable_cores():
+    """The CPU cores this process may run on (its affinity where the system tells it, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def autocast(device, amp):
     """Mixed-precision context for `--amp off|bf16|fp16` on `device` (a no-op for off)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)

@@ -49,6 +49,7 @@ from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from jobs import threads_per_job  # noqa: E402
 from runs import log_path, read_log, saved_epochs  # noqa: E402
 DEVICE_DATA = os.path.join(ROOT, "bench", "device_data")
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
@@ -150,11 +151,6 @@ def child_env(**extra):
     return dict(os.environ, PYTHONUNBUFFERED="1", TQDM_MININTERVAL="10", **{k: str(v) for k, v in extra.items()})
 
 
-def threads_each(count):
-    """CPU threads per process when `count` run at once, so they do not oversubscribe the cores."""
-    return max(1, (os.cpu_count() or 1) // count)
-
-
 def read_train_log(run_dir):
     """The epoch rows of <run_dir>/train_log.tsv (none before the training wrote it)."""
     path = log_path(run_dir) if run_dir else None
@@ -229,7 +225,7 @@ class Check:
         self.mode_name, self.mode = mode_name, MODES[mode_name]
         self.device = self.mode["device"]
         # CPU threads of each training, the same however many run at once, so that only their number varies.
-        self.threads = threads_each(max(max(self.mode["processes"]), len(SCENES) - 1))
+        self.threads = threads_per_job(max(max(self.mode["processes"]), len(SCENES) - 1))
         self.start = time.monotonic()
         self.end = self.start + budget_s
         self.phases = phases

@@ -19,6 +19,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from jobs import threads_per_job  # noqa: E402
 GRID = "ratio=0.8,0.9 patch=15,19"
 
 
@@ -51,7 +53,7 @@ def main():
     parser.add_argument("--modes", default="sequential,sequential-threads,jobs,dask",
                         help="the modes to run, in this order (the first is the reference)")
     args = parser.parse_args()
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = threads_per_job(args.jobs)  # what each --jobs worker gets
     labels = {"sequential": "sequential", "sequential-threads": f"sequential, {threads} thread(s) as each job has",
               "jobs": f"--jobs {args.jobs}", "dask": f"Dask LocalCluster, {args.jobs} workers x {threads} thread(s)"}
     modes = args.modes.split(",")

@@ -13,7 +13,7 @@ from conftest import ROOT, cli_flags
 
 from benchmark import plan
 from config import parse_config
-from jobs import PROJECT, glibc, remote_job
+from jobs import PROJECT, glibc, remote_job, threads_per_job
 from main import main
 
 GRID = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,rx", "--epochs", "1",
@@ -66,7 +66,7 @@ def test_parallel_jobs_give_the_sequential_table(scene_dir):
     flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,lrx",
              "--epochs", "1", "--grid", "ratio=0.8,0.9", "--win_out", "5"]
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
+    torch.set_num_threads(threads_per_job(2))
     try:
         assert main(cli_flags(scene_dir, "tiny", *flags)) == 0
     finally:
