@@ -246,6 +246,7 @@ def benchmark(config, command_line):
     print("\n" + table)
     print(f"tables in {out_dir}")
     if stopped:
-        raise Interrupted(f"benchmark {stopped}; the tables hold the {len(finished)} finished jobs. Continue with: "
+        held = f"{len(finished)} finished job" + ("" if len(finished) == 1 else "s")
+        raise Interrupted(f"benchmark {stopped}; the tables hold the {held}. Continue with: "
                           f"{command_line} (finished and interrupted trainings are reused)")
     return len(failed)

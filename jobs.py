@@ -7,8 +7,7 @@ import multiprocessing
 import os
 import signal
 import socket
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import as_completed as futures_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from tqdm import tqdm
 
@@ -47,19 +46,28 @@ def in_processes(config, jobs, work, log_dir, report):
     threads = threads_per_job(config.jobs)
     os.makedirs(log_dir, exist_ok=True)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+    waiting, running = iter(enumerate(jobs)), {}
     with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=start_worker,
                              initargs=(threads, not config.keep_subnormals)) as pool:
-        pending = {pool.submit(logged, work, config, job, os.path.join(log_dir, f"job{index + 1:03d}.log")): index
-                   for index, job in enumerate(jobs)}
+        def hand_out():
+            # A job is submitted only when a worker is free: a job queued in the pool could not be cancelled
+            # on Ctrl-C, and a worker whose job was interrupted would start it.
+            index, job = next(waiting, (None, None))
+            if job is not None:
+                log = os.path.join(log_dir, f"job{index + 1:03d}.log")
+                running[pool.submit(logged, work, config, job, log)] = index
         with tqdm(total=len(jobs), desc="jobs", dynamic_ncols=True) as bar:
             try:
-                for future in futures_completed(pending):
-                    report(pending[future], future.result())
-                    bar.update()
+                for _ in range(config.jobs):
+                    hand_out()
+                while running:
+                    for future in wait(running, return_when=FIRST_COMPLETED).done:
+                        report(running.pop(future), future.result())
+                        bar.update()
+                        hand_out()
             except KeyboardInterrupt:
-                stop_workers(pool, pending)
-                finished = [f for f in pending if f.done() and not f.cancelled() and f.exception() is None]
-                return (f"interrupted with {len(jobs) - len(finished)} of {len(jobs)} jobs unfinished; running "
+                stop_workers(pool)
+                return (f"interrupted with {len(jobs) - bar.n} of {len(jobs)} jobs unfinished; running "
                         "trainings saved their last epoch")
     return None
 
@@ -69,14 +77,24 @@ def threads_per_job(count):
     return max(1, usable_cores() // count)
 
 
-def stop_workers(pool, pending):
-    """Ctrl-C: cancel the jobs not started, interrupt the running ones (their trainings save), wait for them."""
-    for future in pending:
-        future.cancel()
+def stop_workers(pool):
+    """Ctrl-C: interrupt the running jobs (their trainings save) and wait for them."""
     for child in multiprocessing.active_children():
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGINT)
     pool.shutdown(wait=True, cancel_futures=True)
+
+
+_stopping = False  # set in a worker by its first Ctrl-C or SIGTERM
+
+
+def interrupt_once(signum, frame):
+    """A worker's Ctrl-C and SIGTERM: the first interrupts its job; later ones (a terminal's Ctrl-C reaches the
+    worker and its parent, which passes it on) are ignored, so that the interrupted training's save completes."""
+    global _stopping
+    if not _stopping:
+        _stopping = True
+        raise KeyboardInterrupt
 
 
 def start_worker(threads, flush):
@@ -87,12 +105,14 @@ def start_worker(threads, flush):
     from utils import flush_subnormals
     torch.set_num_threads(threads)
     flush_subnormals(flush)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.default_int_handler(signum, frame))
+    signal.signal(signal.SIGINT, interrupt_once)
+    signal.signal(signal.SIGTERM, interrupt_once)
 
 
 def logged(work, config, job, path):
-    """work(config, job) with its printed output in the file `path`."""
+    """work(config, job) with its printed output in the file `path`; none once the worker was interrupted."""
+    if _stopping:
+        raise KeyboardInterrupt
     with open(path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         return work(config, job)
 

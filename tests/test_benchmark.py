@@ -13,6 +13,7 @@ from conftest import ROOT, cli_flags
 
 from benchmark import plan
 from config import parse_config
+import jobs
 from jobs import PROJECT, glibc, remote_job, threads_per_job
 from main import main
 
@@ -108,11 +109,27 @@ def test_ctrl_c_stops_every_worker_and_keeps_the_finished_jobs(scene_dir):
     assert [row["runs"] for row in rows if row["method"] == "rx"] == ["1"]
     saved = list((scene_dir / "checkpoints").rglob("epoch_*.pt"))
     assert saved  # the interrupted trainings saved their last epoch
+    assert "epoch_0500.pt" not in {path.name for path in saved}  # and no training went on to its end
+    logs = sorted(os.listdir(scene_dir / "results" / "benchmark" / "logs"))
+    assert logs == ["job001.log", "job002.log", "job003.log"]  # the fourth job was never started
     deadline = time.monotonic() + 15
     while [pid for pid in workers if os.path.exists(f"/proc/{pid}")] and time.monotonic() < deadline:
         time.sleep(0.5)
     left = {pid: open(f"/proc/{pid}/cmdline").read() for pid in workers if os.path.exists(f"/proc/{pid}")}
     assert not left  # no worker left behind
+
+
+def test_a_worker_heeds_the_first_interruption_and_then_starts_no_job(monkeypatch):
+    """A terminal's Ctrl-C reaches a worker twice (directly, and passed on by its parent): the second must not
+    interrupt the first one's save; and a worker once interrupted runs no further job."""
+    monkeypatch.setattr(jobs, "_stopping", False)
+    with pytest.raises(KeyboardInterrupt):
+        jobs.interrupt_once(signal.SIGINT, None)
+    assert jobs.interrupt_once(signal.SIGINT, None) is None
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        jobs.logged(lambda config, job: ran.append(job), None, "job", os.devnull)
+    assert not ran
 
 
 def test_a_worker_that_cannot_see_the_folders_fails_its_job_with_the_reason(scene_dir):
