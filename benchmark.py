@@ -8,6 +8,7 @@ import csv
 import io
 import itertools
 import os
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -87,7 +88,12 @@ def run_job(config, job):
     except Exception as error:  # one job's failure is a table entry, not the end of the benchmark
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"failed: {message}")
-        return [(key, dict(error=message)) for key in keys]
+        return failure_rows(config, job, message)
+
+
+def failure_rows(config, job, message):
+    """The rows of a failed job: each with the error in place of its figures."""
+    return [(key, dict(error=message)) for key in row_keys(config, job)]
 
 
 def trained_seconds(run_dir, epochs):
@@ -229,7 +235,11 @@ def benchmark(config, command_line):
         aucs = ", ".join(f"{key[2]} {r['auc']:.4f}" if "auc" in r else f"{key[2]} failed" for key, r in rows)
         print(f"[{len(finished)}/{len(jobs)}] {jobs[index].describe()}: {aucs}", flush=True)
 
-    stopped = run_jobs(config, jobs, run_job, os.path.join(out_dir, "logs"), report)
+    def lost(index, why):
+        print(f"{jobs[index].describe()} failed: {why}", file=sys.stderr, flush=True)
+        report(index, failure_rows(config, jobs[index], why))
+
+    stopped = run_jobs(config, jobs, run_job, os.path.join(out_dir, "logs"), report, lost)
     summary = summarise(results)
     grid_flags = [name for name, _ in config.grid]
     note = (f"Command: `{command_line}`. BS3LNet: {config.epochs} epochs, seeds "

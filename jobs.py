@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
@@ -16,6 +17,8 @@ from utils import UserError, usable_cores
 PROJECT = os.path.dirname(os.path.abspath(__file__))  # sent to Dask workers, which import the project from it
 BOOTSTRAP = "__import__('sys').path.insert(0, args[0]) or __import__('jobs').remote_job(*args)"
 
+WORKER_DIED = ("a worker process died during it (killed, e.g. by the system for lack of memory: fewer --jobs need "
+               "less); a training it ran saved its last epoch where it could. Run the benchmark again to retry")
 CLUSTER_INSTALL = "pip install -r requirements-cluster.txt (Dask's distributed)"
 # glibc's mallopt parameters (malloc.h), its initial mmap threshold and the ceilings its dynamic thresholds reach
 # on a 64-bit system.
@@ -23,14 +26,15 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 INITIAL_MMAP_THRESHOLD, DYNAMIC_MMAP_CEILING = 128 << 10, 32 << 20
 
 
-def run_jobs(config, jobs, work, log_dir, report):
+def run_jobs(config, jobs, work, log_dir, report, lost):
     """Call `work(config, job)` for every job on the engine --jobs / --scheduler asks for, calling
-    `report(index, result)` as each ends. Returns None, or why it stopped early (Ctrl-C: the finished
-    jobs are reported, the running ones stopped, the others not started)."""
+    `report(index, result)` as each ends, or `lost(index, why)` for a job whose worker died (killed, e.g. by
+    the system for lack of memory). Returns None, or why it stopped early (Ctrl-C: the finished jobs are
+    reported, the running ones stopped, the others not started)."""
     if config.scheduler:
-        return on_dask(config, jobs, work, log_dir, report)
+        return on_dask(config, jobs, work, log_dir, report, lost)
     if config.jobs > 1:
-        return in_processes(config, jobs, work, log_dir, report)
+        return in_processes(config, jobs, work, log_dir, report, lost)
     for index, job in enumerate(jobs):
         try:
             report(index, work(config, job))
@@ -40,36 +44,60 @@ def run_jobs(config, jobs, work, log_dir, report):
     return None
 
 
-def in_processes(config, jobs, work, log_dir, report):
+def in_processes(config, jobs, work, log_dir, report, lost):
     """The jobs in config.jobs worker processes, each with an equal share of the CPU threads and its output
-    in a log file of its own; an overall progress bar and one line per finished job."""
+    in a log file of its own; an overall progress bar and one line per finished job. A worker that dies takes
+    the pool's running jobs with it (they are lost, their trainings saved); the others go on in a new pool."""
     threads = threads_per_job(config.jobs)
     os.makedirs(log_dir, exist_ok=True)
+    waiting = iter(enumerate(jobs))
+    with tqdm(total=len(jobs), desc="jobs", dynamic_ncols=True) as bar:
+        def ended(index, result=None, why=None):
+            report(index, result) if why is None else lost(index, why)
+            bar.update()
+        try:
+            while in_pool(config, threads, waiting, work, log_dir, ended):
+                pass
+        except KeyboardInterrupt:
+            return (f"interrupted with {len(jobs) - bar.n} of {len(jobs)} jobs unfinished; running "
+                    "trainings saved their last epoch")
+    return None
+
+
+def in_pool(config, threads, waiting, work, log_dir, ended):
+    """Run the `waiting` jobs in one pool of worker processes; True if a worker died before they were all done.
+
+    A job is submitted only when a worker is free: a job queued in the pool could not be cancelled on Ctrl-C,
+    and a worker whose job was interrupted would start it."""
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    waiting, running = iter(enumerate(jobs)), {}
+    running = {}
     with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=start_worker,
                              initargs=(threads, not config.keep_subnormals)) as pool:
         def hand_out():
-            # A job is submitted only when a worker is free: a job queued in the pool could not be cancelled
-            # on Ctrl-C, and a worker whose job was interrupted would start it.
             index, job = next(waiting, (None, None))
             if job is not None:
                 log = os.path.join(log_dir, f"job{index + 1:03d}.log")
                 running[pool.submit(logged, work, config, job, log)] = index
-        with tqdm(total=len(jobs), desc="jobs", dynamic_ncols=True) as bar:
-            try:
-                for _ in range(config.jobs):
+        try:
+            for _ in range(config.jobs):
+                hand_out()
+            while running:
+                done = wait(running, return_when=FIRST_COMPLETED).done
+                if any(isinstance(future.exception(), BrokenProcessPool) for future in done):
+                    # The pool stops its other workers too (they save their trainings): wait for all of them.
+                    for future in wait(running).done:
+                        if isinstance(future.exception(), BrokenProcessPool):
+                            ended(running[future], why=WORKER_DIED)
+                        else:
+                            ended(running[future], future.result())
+                    return True
+                for future in done:
+                    ended(running.pop(future), future.result())
                     hand_out()
-                while running:
-                    for future in wait(running, return_when=FIRST_COMPLETED).done:
-                        report(running.pop(future), future.result())
-                        bar.update()
-                        hand_out()
-            except KeyboardInterrupt:
-                stop_workers(pool)
-                return (f"interrupted with {len(jobs) - bar.n} of {len(jobs)} jobs unfinished; running "
-                        "trainings saved their last epoch")
-    return None
+        except KeyboardInterrupt:
+            stop_workers(pool, running)
+            raise
+    return False
 
 
 def threads_per_job(count):
@@ -77,24 +105,30 @@ def threads_per_job(count):
     return max(1, usable_cores() // count)
 
 
-def stop_workers(pool):
-    """Ctrl-C: interrupt the running jobs (their trainings save) and wait for them."""
-    for child in multiprocessing.active_children():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGINT)
+def stop_workers(pool, running):
+    """Ctrl-C: interrupt the running jobs (their trainings save) and wait for them. The signal is repeated each
+    second until they end: one that lands where Python ignores exceptions (a weakref callback) is lost."""
+    while True:
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGINT)
+        if not wait(running, timeout=1).not_done:
+            break
     pool.shutdown(wait=True, cancel_futures=True)
 
 
-_stopping = False  # set in a worker by its first Ctrl-C or SIGTERM
+_stopping = False  # set in a worker by Ctrl-C or SIGTERM: it starts no further job
+_in_job = False  # whether the worker is running a job
 
 
-def interrupt_once(signum, frame):
-    """A worker's Ctrl-C and SIGTERM: the first interrupts its job; later ones (a terminal's Ctrl-C reaches the
-    worker and its parent, which passes it on) are ignored, so that the interrupted training's save completes."""
+def interrupt(signum, frame):
+    """A worker's Ctrl-C and SIGTERM: its job is interrupted (a training saves its last epoch, ignoring further
+    signals meanwhile, train.run_epochs); a worker between jobs just ends."""
     global _stopping
-    if not _stopping:
-        _stopping = True
-        raise KeyboardInterrupt
+    if not _in_job:
+        raise SystemExit(1)
+    _stopping = True
+    raise KeyboardInterrupt
 
 
 def start_worker(threads, flush):
@@ -105,24 +139,29 @@ def start_worker(threads, flush):
     from utils import flush_subnormals
     torch.set_num_threads(threads)
     flush_subnormals(flush)
-    signal.signal(signal.SIGINT, interrupt_once)
-    signal.signal(signal.SIGTERM, interrupt_once)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def logged(work, config, job, path):
     """work(config, job) with its printed output in the file `path`; none once the worker was interrupted."""
+    global _in_job
     if _stopping:
         raise KeyboardInterrupt
-    with open(path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return work(config, job)
+    _in_job = True
+    try:
+        with open(path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return work(config, job)
+    finally:
+        _in_job = False
 
 
-def on_dask(config, jobs, work, log_dir, report):
+def on_dask(config, jobs, work, log_dir, report, lost):
     """The jobs on the Dask cluster at --scheduler. The scheduler and the workers unpickle every task, and need
     not have this project on their path: a task is the builtin eval of BOOTSTRAP with plain data, which adds
     the project's folder (on a filesystem every worker sees, like the data and the outputs) to the path."""
     try:
-        from dask.distributed import Client, as_completed
+        from dask.distributed import Client, KilledWorker, as_completed
     except ImportError:
         raise UserError(f"--scheduler needs Dask: {CLUSTER_INSTALL}") from None
     try:
@@ -142,6 +181,9 @@ def on_dask(config, jobs, work, log_dir, report):
                 except ImportError as error:
                     raise UserError(f"a Dask worker cannot import this project from {PROJECT} ({error}): the project, "
                                     "data, checkpoints and results must be on a filesystem every worker sees") from None
+                except KilledWorker:  # Dask gave up on it after its workers died (allowed-failures times)
+                    lost(futures[future], WORKER_DIED.replace("a worker process", "every Dask worker that ran it"))
+                    continue
                 report(futures[future], rows)
         except KeyboardInterrupt:
             client.cancel(list(futures))

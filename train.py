@@ -19,7 +19,8 @@ from model import BS3LNet, init_weights
 from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, locate_run, log_header, log_path, log_row,
                   remove_temporary_files, run_lock, saved_epochs)
 from scoring import score_reconstruction
-from utils import UserError, atomic_write, atomic_write_text, autocast, command_line, seed_everything, set_tf32
+from utils import (UserError, atomic_write, atomic_write_text, autocast, command_line, seed_everything, set_tf32,
+                   signals_ignored)
 
 # The batch order has a random stream of its own, seeded apart from the masks' stream.
 ORDER_SEED_OFFSET = 2 ** 32
@@ -260,7 +261,8 @@ def start_log(run_dir, config, session):
 def run_epochs(run_dir, config, session, after_epoch):
     """Train epochs first_epoch..--epochs: log each, score it with --eval_every, save every --save_freq.
 
-    On Ctrl-C (or SIGTERM) the last completed epoch is saved and Interrupted says how to continue.
+    On Ctrl-C (or SIGTERM) the last completed epoch is saved, further signals ignored meanwhile, and
+    Interrupted says how to continue.
     """
     is_main = data_parallel.rank() == 0
     scene_auc = auc_tracker(config, session.sampler, session.scene.gt, session.scene.missing) if is_main else None
@@ -287,7 +289,9 @@ def run_epochs(run_dir, config, session, after_epoch):
                 after_epoch(epoch, session.net, loss)
                 session.net.train()
     except KeyboardInterrupt:
-        raise interruption(run_dir, config, epoch, snapshot, saved_epoch, is_main) from None
+        with signals_ignored():
+            stopped = interruption(run_dir, config, epoch, snapshot, saved_epoch, is_main)
+        raise stopped from None
     if is_main:
         print(f"checkpoints and log in {run_dir}")
     return session.losses

@@ -1,11 +1,14 @@
 """Shared helpers: user-facing errors, seeding, devices, subnormal flushing, the command line, safe file writes."""
+import contextlib
 import errno
 import os
 import random
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import torch
@@ -99,6 +102,25 @@ def atomic_write(path, write):
             raise write_error(error, path) from error
         raise
     sync_to_disk(directory)
+
+
+@contextlib.contextmanager
+def signals_ignored():
+    """Ctrl-C and SIGTERM are ignored inside (in the main thread; elsewhere signals never reach Python code):
+    an interrupted training's save is not cut short by a second signal, such as the one a terminal's Ctrl-C
+    sends both a benchmark worker and its parent, which passes it on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {number: handler for number, handler in handlers.items() if handler is not None}  # None: set in C
+    for number in handlers:
+        signal.signal(number, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
 
 
 def write_error(error, path):

@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -54,6 +55,23 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(scene_dir, tmp
     for a, b in zip(expected["optimizer"]["state"].values(), resumed["optimizer"]["state"].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert [row["epoch"] for row in read_log(log_path(run_directory(interrupted)))] == [1, 2, 3, 4]
+
+
+def test_a_second_ctrl_c_does_not_cut_the_interrupted_trainings_save_short(scene_dir, monkeypatch):
+    """A terminal's Ctrl-C reaches a benchmark worker twice (directly, and passed on by its parent)."""
+    real_save = train_module.save_checkpoint
+
+    def save_under_fire(path, state):
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler would raise KeyboardInterrupt here
+        real_save(path, state)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_under_fire)
+    interrupt_at(monkeypatch, STEPS_PER_EPOCH + 1)
+    handler = signal.getsignal(signal.SIGINT)
+    config = config_for(scene_dir, "--epochs", "3", "--save_freq", "10")
+    with pytest.raises(Interrupted, match="epoch 1 is saved"):
+        train(config)
+    assert saved_epochs(run_directory(config)) == [1]
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C works again afterwards
 
 
 def test_resume_extends_a_finished_run(scene_dir):

@@ -61,7 +61,7 @@ for keep in (False, True):
     task.start()  # a Dask worker runs each task in a thread of its own
     task.join()
     jobs.in_processes(config, [job], probe_work.handling, {tmp!r}, lambda index, result: seen.update(
-        {{f"jobs keep={{keep}}": result}}))
+        {{f"jobs keep={{keep}}": result}}), lambda index, why: seen.update({{f"jobs keep={{keep}}": why}}))
 print(json.dumps(seen))
 """
 
