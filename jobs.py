@@ -19,6 +19,8 @@ BOOTSTRAP = "__import__('sys').path.insert(0, args[0]) or __import__('jobs').rem
 
 WORKER_DIED = ("a worker process died during it (killed, e.g. by the system for lack of memory: fewer --jobs need "
                "less); a training it ran saved its last epoch where it could. Run the benchmark again to retry")
+DASK_WORKERS_DIED = ("every Dask worker that ran it died (killed, e.g. for lack of memory: give the workers more, or "
+                     "fewer threads each). Run the benchmark again to retry")
 CLUSTER_INSTALL = "pip install -r requirements-cluster.txt (Dask's distributed)"
 # glibc's mallopt parameters (malloc.h), its initial mmap threshold and the ceilings its dynamic thresholds reach
 # on a 64-bit system.
@@ -182,7 +184,7 @@ def on_dask(config, jobs, work, log_dir, report, lost):
                     raise UserError(f"a Dask worker cannot import this project from {PROJECT} ({error}): the project, "
                                     "data, checkpoints and results must be on a filesystem every worker sees") from None
                 except KilledWorker:  # Dask gave up on it after its workers died (allowed-failures times)
-                    lost(futures[future], WORKER_DIED.replace("a worker process", "every Dask worker that ran it"))
+                    lost(futures[future], DASK_WORKERS_DIED)
                     continue
                 report(futures[future], rows)
         except KeyboardInterrupt:

@@ -6,12 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import torch
 from conftest import ROOT, cli_flags
 
-from benchmark import plan
+from benchmark import Job, plan
 from config import parse_config
 import jobs
 from jobs import PROJECT, glibc, remote_job, threads_per_job
@@ -187,9 +188,11 @@ def test_a_worker_that_cannot_see_the_folders_fails_its_job_with_the_reason(scen
 
 
 @pytest.mark.slow
-def test_a_dask_cluster_gives_the_sequential_table(scene_dir):
+def test_a_dask_cluster_gives_the_sequential_table_and_loses_only_a_killed_workers_job(scene_dir, tmp_path,
+                                                                                       monkeypatch):
     pytest.importorskip("dask.distributed", reason="Dask's distributed is an optional extra "
                         "(pip install -r requirements-cluster.txt)")
+    import dask
     from dask.distributed import LocalCluster
     flags = ["--command", "benchmark", "--datasets", "tiny", "--seeds", "1", "--methods", "bs3lnet,rx",
              "--epochs", "1"]
@@ -198,8 +201,20 @@ def test_a_dask_cluster_gives_the_sequential_table(scene_dir):
     cluster_dir = scene_dir / "cluster"
     os.makedirs(cluster_dir)
     os.link(scene_dir / "tiny.mat", cluster_dir / "tiny.mat")
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    (tmp_path / "dask_work.py").write_text("import os, signal\ndef run(config, job):\n    if job.seed == 2:\n"
+                                           "        os.kill(os.getpid(), signal.SIGKILL)\n    return job.seed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # the workers' path (they are spawned)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         assert main(cli_flags(cluster_dir, "tiny", *flags, "--scheduler", cluster.scheduler_address)) == 0
+        # a job whose worker is killed (and, with allowed-failures retries, every worker Dask gave it to) is lost
+        config = parse_config(cli_flags(cluster_dir, "tiny", *flags, "--scheduler", cluster.scheduler_address))
+        reported, lost = {}, {}
+        job_fields = [Job("tiny", "rx", seed, (), ()) for seed in (1, 2)]
+        monkeypatch.setattr(jobs, "check_worker", lambda config, job: None)
+        jobs.on_dask(config, job_fields, types.SimpleNamespace(__module__="dask_work", __name__="run"),
+                     str(tmp_path / "logs"), reported.__setitem__, lost.__setitem__)
+    assert reported == {0: 1} and "every Dask worker that ran it died" in lost[1]
     clustered = table(cluster_dir)
     assert len(os.listdir(cluster_dir / "results" / "benchmark" / "logs")) == 2  # one log per job, on the workers
     assert [(r["method"], r["auc"], r["runs"]) for r in clustered] == [(r["method"], r["auc"], r["runs"])
