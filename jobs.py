@@ -81,6 +81,9 @@ def in_pool(config, threads, waiting, work, log_dir, ended):
                 log = os.path.join(log_dir, f"job{index + 1:03d}.log")
                 running[pool.submit(logged, work, config, job, log)] = index
         try:
+            # Start every worker before the first job: Python's pool starts them one per submission and, until
+            # its next wake-up, does not watch one started after its last (a death there would go unseen).
+            wait([pool.submit(int) for _ in range(config.jobs)])
             for _ in range(config.jobs):
                 hand_out()
             while running:
