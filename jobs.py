@@ -55,7 +55,10 @@ def in_processes(config, jobs, work, log_dir, report, lost):
     waiting = iter(enumerate(jobs))
     with tqdm(total=len(jobs), desc="jobs", dynamic_ncols=True) as bar:
         def ended(index, result=None, why=None):
-            report(index, result) if why is None else lost(index, why)
+            if why is None:
+                report(index, result)
+            else:
+                lost(index, why)
             bar.update()
         try:
             while in_pool(config, threads, waiting, work, log_dir, ended):
