@@ -36,6 +36,28 @@ def tiny_scene(height=12, width=10, bands=6, seed=0):
     return hsi.astype(np.float32), gt
 
 
+@pytest.fixture(autouse=True)
+def unrendered_figures(request, monkeypatch):
+    """Figures are built and drawn (laid out, their text parsed: what a draw can raise still raises) but not
+    rasterised, nor laid out twice (the figure's texts stand in for its pixels): most of a figure's cost, and
+    figures are drawn by most tests. Tests of the pictures themselves are marked `rendered_figures` and get
+    real PNGs, as do subprocesses."""
+    if request.node.get_closest_marker("rendered_figures"):
+        return
+    import matplotlib.text
+    import figures
+    from utils import atomic_write_text
+
+    def save(fig, path):
+        try:
+            fig.set_layout_engine("none")
+            fig.draw_without_rendering()
+            atomic_write_text(path, "\n".join(text.get_text() for text in fig.findobj(matplotlib.text.Text)))
+        finally:
+            figures._pyplot().close(fig)
+    monkeypatch.setattr(figures, "_save", save)
+
+
 @pytest.fixture
 def scene_dir(tmp_path):
     """A data folder holding tiny.mat (12 x 10 x 6, non-square) with `data` and `map`."""

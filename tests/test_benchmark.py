@@ -35,6 +35,7 @@ def test_a_grid_plans_one_training_per_run_and_scores_each_result_variant(scene_
     assert [job.training for job in jobs if job.method == "rx"] == [()]  # the grid changes no RX result
 
 
+@pytest.mark.rendered_figures
 def test_grid_from_the_command_line_gives_columns_and_sensitivity_figures(scene_dir):
     assert main(cli_flags(scene_dir, "tiny", *GRID)) == 0
     rows = table(scene_dir)

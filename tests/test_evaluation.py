@@ -17,6 +17,8 @@ from results import write_result_files
 from scenes import Scene
 from utils import UserError
 
+pytestmark = pytest.mark.rendered_figures  # these tests look at the pictures
+
 
 def random_scene(height, width, bands, seed=0):
     """Correlated bands, so that the covariance is far from diagonal."""
