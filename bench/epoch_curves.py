@@ -1,7 +1,7 @@
 """Epoch curves: can a label-free statistic choose the training epoch as well as the ground truth would?
 
     python bench/epoch_curves.py --checkpoints_dir /work/curves/checkpoints --data_dir ../shared/data \
-        [--jobs 2 --threads 2] [--no_train] [--only SCENE:SEED,...]
+        [--jobs 2] [--no_train] [--only SCENE:SEED,...]
     python bench/epoch_curves.py --report
 
 Jobs are scene x seed (JOBS). Each run is trained with the default flags to 30 epochs with a checkpoint
@@ -13,8 +13,10 @@ evaluated on the CPU in fp32: the AUC of official scoring (model.reconstruct of 
 metrics.detection_map, auc_score), the AUC of blind-spot scoring (R=1, seeded by the run's seed)
 and every statistic of label_free.py. A job's rows are appended to bench/epoch_curves.csv when it
 ends; jobs already there are skipped, so the same command resumes the study. --jobs N runs N jobs
-in parallel processes, --threads divided between them. bench/figures/epoch_curves.png plots the AUC
-against the epoch, one line per scene (seed 1).
+at once in worker processes, as the benchmark's --jobs does (jobs.run_jobs: the cores shared between
+them, each job's output in <checkpoints_dir>/epoch_curves_logs/; Ctrl-C saves the running trainings and
+starts no other job). bench/figures/epoch_curves.png plots the AUC against the epoch, one line per
+scene (seed 1).
 
 The tables go to bench/epoch_curves.md (rewritten after every study and by --report, which also prints
 them): the AUC of every checkpoint, in official and blind-spot scoring, and for each selector of
@@ -26,20 +28,22 @@ Thresholds are chosen leave-one-scene-out: on the other scenes' regret, never on
 import argparse
 import csv
 import glob
-import multiprocessing
 import os
+import signal
 import subprocess
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from types import SimpleNamespace
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from jobs import run_jobs  # noqa: E402
 from label_free import (SELECTORS, STATISTICS, judge_selector, leave_one_scene_out, moving_variances,  # noqa: E402
                         pixel_errors, regret, run_statistics)
 from runs import LOG_NAME, checkpoint_path, lock_owner, logged_config, read_log, saved_epochs  # noqa: E402
 from scenes import scene_name  # noqa: E402
+from utils import flush_subnormals, signals_ignored  # noqa: E402
 
 SCENES = ["HYDICE-II", "abu-airport-1", "abu-urban-1", "abu-airport-2", "abu-beach-2", "abu-urban-2",
           "abu-airport-3", "abu-airport-4", "abu-beach-3", "abu-urban-3", "abu-urban-4", "abu-urban-5",
@@ -67,15 +71,24 @@ def find_run(checkpoints_dir, scene, seed):
 
 
 def train_run(scene, seed, args, threads, resume):
-    """Train (or resume) the job's run through the command line; (ok, the output's last line)."""
+    """Train (or resume) the job's run through the command line; (ok, the output's last line). Interrupted
+    (Ctrl-C, or the benchmark engine stopping its workers), it passes the signal on and waits while the
+    training saves its last completed epoch, as main.py does on Ctrl-C."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--dataset", scene,
                "--data_dir", args["data_dir"], "--seed", str(seed), "--epochs", str(EPOCHS),
                "--save_freq", str(SAVE_FREQ), "--checkpoints_dir", args["checkpoints_dir"]]
     environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    done = subprocess.run(command + (["--resume"] if resume else []), capture_output=True, text=True,
-                          env=environment, cwd=ROOT)
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return done.returncode == 0, lines[-1] if lines else ""
+    training = subprocess.Popen(command + (["--resume"] if resume else []), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=environment, cwd=ROOT)
+    try:
+        output, _ = training.communicate()
+    except KeyboardInterrupt:
+        training.send_signal(signal.SIGINT)
+        with signals_ignored():  # repeated signals must not leave the training's save behind unwaited
+            training.wait()
+        raise
+    lines = output.strip().splitlines()
+    return training.returncode == 0, lines[-1] if lines else ""
 
 
 def evaluate_run(scene, seed, run_dir, data_dir):
@@ -107,10 +120,12 @@ def evaluate_run(scene, seed, run_dir, data_dir):
             for index, (epoch, (auc, auc_blindspot)) in enumerate(zip(CHECKPOINT_EPOCHS, aucs))]
 
 
-def run_job(scene, seed, args, threads):
-    """Train the job's run if needed and allowed, then evaluate it: (status, rows)."""
+def run_job(settings, job):
+    """Train the job (scene, seed)'s run if needed and allowed, then evaluate it: (status, rows). `settings`
+    holds data_dir, checkpoints_dir and no_train; the training gets this process's torch threads."""
     import torch
-    torch.set_num_threads(threads)
+    scene, seed = job
+    args, threads = vars(settings), torch.get_num_threads()
     run_dir = find_run(args["checkpoints_dir"], scene, seed)
     owner = lock_owner(run_dir) if run_dir else None
     if owner is not None:
@@ -255,43 +270,41 @@ def parse_jobs(text):
     return jobs
 
 
-def run_pending_jobs(args):
-    """Run every job not yet in the CSV, `args.jobs` at a time; append each finished job's rows."""
-    done = {(row["scene"], row["seed"]) for row in read_rows()}
+def run_pending_jobs(args, path=CSV_PATH):
+    """Run every job not yet in the CSV at `path`, `args.jobs` at a time, on the benchmark's engine
+    (jobs.run_jobs); append each finished job's rows. Returns why it stopped early (Ctrl-C), or None."""
+    done = {(row["scene"], row["seed"]) for row in read_rows(path)}
     pending = [job for job in (args.only or JOBS) if job not in done]
-    threads = max(1, args.threads // args.jobs)
-    settings = dict(data_dir=args.data_dir, checkpoints_dir=args.checkpoints_dir, no_train=args.no_train)
-    print(f"{len(done)} jobs already in {CSV_PATH}; {len(pending)} to go, {args.jobs} at a time, "
-          f"{threads} thread(s) each", flush=True)
-    # A job is handed to a worker only when one is free, so that a worker whose study was stopped (its parent
-    # killed) finishes the job it holds and starts no other.
-    queue, running = iter(pending), {}
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        def hand_out():
-            job = next(queue, None)
-            if job is not None:
-                running[pool.submit(run_job, *job, settings, threads)] = job
-        for _ in range(args.jobs):
-            hand_out()
-        while running:
-            for future in wait(running, return_when=FIRST_COMPLETED).done:
-                scene, seed = running.pop(future)
-                try:
-                    status, rows = future.result()
-                except Exception as error:  # one job's failure must not stop the others
-                    status, rows = f"failed: {type(error).__name__}: {error}", []
-                if rows:
-                    append_rows(rows)
-                print(f"{scene} seed {seed}: {status}", flush=True)
-                hand_out()
+    settings = SimpleNamespace(data_dir=args.data_dir, checkpoints_dir=args.checkpoints_dir, no_train=args.no_train,
+                               jobs=args.jobs, scheduler=None, keep_subnormals=False)
+    print(f"{len(done)} jobs already in {path}; {len(pending)} to go, {args.jobs} at a time", flush=True)
+
+    def job_ended(index, result):
+        status, rows = result
+        if rows:
+            append_rows(rows, path)
+        print(f"{pending[index][0]} seed {pending[index][1]}: {status}", flush=True)
+
+    def lost(index, why):
+        print(f"{pending[index][0]} seed {pending[index][1]}: not evaluated: {why}", flush=True)
+    return run_jobs(settings, pending, guarded_job, os.path.join(args.checkpoints_dir, "epoch_curves_logs"),
+                    job_ended, lost)
+
+
+def guarded_job(settings, job):
+    """run_job, a failure reported as the job's status: one job's failure must not stop the others."""
+    try:
+        return run_job(settings, job)
+    except Exception as error:
+        return f"failed: {type(error).__name__}: {error}", []
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoints_dir", default=os.path.join(ROOT, "bench", "out", "epoch_curves"))
     parser.add_argument("--data_dir", default=os.path.join(os.path.dirname(ROOT), "shared", "data"))
-    parser.add_argument("--jobs", type=int, default=1, help="jobs run in parallel processes (default 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in all, divided between jobs")
+    parser.add_argument("--jobs", type=int, default=1, help="jobs run at once in worker processes, sharing the "
+                        "cores (default 1: one job at a time, in this process, with every core)")
     parser.add_argument("--no_train", action="store_true", help="evaluate finished runs only, train none")
     parser.add_argument("--report", action="store_true", help="write the tables and the figure from the CSV, "
                         "and print the tables; run nothing")
@@ -299,7 +312,11 @@ def main():
                         help="run these jobs only, in this order, e.g. HYDICE-II:2,HYDICE-II:3")
     args = parser.parse_args()
     if not args.report:
-        run_pending_jobs(args)
+        flush_subnormals(True)  # as main.py does: what a job run in this process computes is what predict would
+        stopped = run_pending_jobs(args)
+        if stopped:
+            print(f"study {stopped}; the same command resumes it")
+            sys.exit(130)
     rows = read_rows()
     if not rows:
         print(f"no rows in {CSV_PATH} yet")

@@ -3,6 +3,10 @@ import argparse
 import importlib.util
 import json
 import os
+import signal
+import threading
+import time
+import types
 
 import numpy as np
 import pytest
@@ -157,12 +161,78 @@ def test_the_study_finds_runs_by_their_log_and_skips_one_being_trained(tmp_path)
         (tmp_path / folder / "train_log.tsv").write_text(f"# config {json.dumps(config)}\nepoch\tloss\n")
     assert curves.find_run(str(tmp_path), "HYDICE-II", 2) == str(tmp_path / "b")
     assert curves.find_run(str(tmp_path), "abu-urban-1", 1) is None
-    settings = dict(checkpoints_dir=str(tmp_path), data_dir=str(tmp_path), no_train=True)
+    settings = types.SimpleNamespace(checkpoints_dir=str(tmp_path), data_dir=str(tmp_path), no_train=True)
     with run_lock(str(tmp_path / "b")):  # as a training holds it
-        status, rows = curves.run_job("HYDICE-II", 2, settings, threads=1)
+        status, rows = curves.run_job(settings, ("HYDICE-II", 2))
     assert status.startswith("in progress") and rows == []
-    status, rows = curves.run_job("HYDICE-II", 2, settings, threads=1)  # the lock released
+    status, rows = curves.run_job(settings, ("HYDICE-II", 2))  # the lock released
     assert status.startswith("not evaluated") and "--no_train" in status and rows == []
+
+
+def study_args(tmp_path, jobs, only):
+    return argparse.Namespace(checkpoints_dir=str(tmp_path / "runs"), data_dir=str(tmp_path), no_train=True,
+                              jobs=jobs, only=only)
+
+
+def test_the_study_appends_each_finished_jobs_rows_and_goes_on_after_a_failure(tmp_path, monkeypatch, capsys):
+    curves = load_epoch_curves()
+    row = dict(scene="HYDICE-II", seed=2, epoch=5, precision="fp32", loss=3.1, auc=0.95, auc_blindspot=0.94,
+               **{name: 0.5 for name in STATISTICS})
+    path = str(tmp_path / "curves.csv")
+    curves.append_rows([dict(row, seed=3)], path)  # a job done in an earlier sitting
+
+    def job(settings, job):
+        if job == ("abu-urban-1", 1):
+            raise RuntimeError("no such scene")
+        return "evaluated somewhere", [dict(row, scene=job[0], seed=job[1])]
+    monkeypatch.setattr(curves, "run_job", job)
+    only = [("HYDICE-II", 3), ("abu-urban-1", 1), ("HYDICE-II", 2)]
+    assert curves.run_pending_jobs(study_args(tmp_path, 1, only), path) is None
+    out = capsys.readouterr().out
+    assert "1 jobs already in" in out and "2 to go" in out
+    assert "abu-urban-1 seed 1: failed: RuntimeError: no such scene" in out
+    assert "HYDICE-II seed 2: evaluated somewhere" in out
+    assert [(r["scene"], r["seed"]) for r in curves.read_rows(path)] == [("HYDICE-II", 3), ("HYDICE-II", 2)]
+
+
+@pytest.mark.slow
+def test_the_study_runs_its_jobs_in_the_benchmarks_worker_processes(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "bench"))  # the workers import the study by name
+    import epoch_curves
+    path = str(tmp_path / "curves.csv")
+    only = [("HYDICE-II", 2), ("abu-urban-1", 1), ("HYDICE-II", 3)]
+    assert epoch_curves.run_pending_jobs(study_args(tmp_path, 2, only), path) is None
+    out = capsys.readouterr().out
+    assert all(f"{scene} seed {seed}: not evaluated: no checkpoint" in out for scene, seed in only)
+    logs = sorted(os.listdir(tmp_path / "runs" / "epoch_curves_logs"))
+    assert logs == ["job001.log", "job002.log", "job003.log"] and not os.path.exists(path)
+
+
+def test_an_interrupted_study_waits_for_the_training_to_save(tmp_path, monkeypatch):
+    """Ctrl-C (or the engine stopping its workers) reaches the study's process: it passes the signal on to the
+    training and returns only after the training has saved (a fake main.py whose save takes a moment)."""
+    curves = load_epoch_curves()
+    (tmp_path / "main.py").write_text(
+        "import pathlib, signal, sys, time\n"
+        "here = pathlib.Path(sys.argv[0]).parent\n"
+        "def save(*_):\n"
+        "    time.sleep(0.5)\n"
+        "    (here / 'saved').write_text('epoch 3')\n"
+        "    sys.exit(130)\n"
+        "signal.signal(signal.SIGINT, save)\n"
+        "(here / 'started').write_text('')\n"
+        "time.sleep(60)\n")
+    monkeypatch.setattr(curves, "ROOT", str(tmp_path))
+
+    def interrupt_when_started():
+        while not (tmp_path / "started").exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=interrupt_when_started, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        curves.train_run("HYDICE-II", 1, dict(data_dir=".", checkpoints_dir="."), threads=1, resume=False)
+    assert (tmp_path / "saved").read_text() == "epoch 3" and time.monotonic() - started < 30
 
 
 def test_the_study_writes_and_reads_back_its_csv_rows(tmp_path):
