@@ -243,3 +243,12 @@ def test_plot_separation_writes_a_png(tmp_path):
     path = str(tmp_path / "separation.png")
     plot_separation(path, {"noisy": score_map, "perfect": gt, "RX": rx(random_scene(12, 10, 4))}, gt)
     assert_png(path)
+
+
+def test_plot_sensitivity_writes_a_png(tmp_path, drawn):
+    path = str(tmp_path / "sensitivity_ratio.png")
+    figures.plot_sensitivity(path, "ratio", ["0.8", "0.9"], {"tiny bs3lnet": [(0, 0.91, 0.01), (1, 0.93, 0.02)],
+                                                              "tiny lrx": [(1, 0.88, 0.0)]})
+    assert_png(path)
+    [(title, xlabel, _, _, ticks)] = drawn["sensitivity_ratio.png"]["axes"]
+    assert (title, xlabel) == ("Sensitivity to --ratio", "--ratio") and ticks[:2] == ["0.8", "0.9"]
