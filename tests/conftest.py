@@ -38,10 +38,10 @@ def tiny_scene(height=12, width=10, bands=6, seed=0):
 
 @pytest.fixture(autouse=True)
 def unrendered_figures(request, monkeypatch):
-    """Figures are built and drawn (laid out, their text parsed: what a draw can raise still raises) but not
-    rasterised, nor laid out twice (the figure's texts stand in for its pixels): most of a figure's cost, and
-    figures are drawn by most tests. Tests of the pictures themselves are marked `rendered_figures` and get
-    real PNGs, as do subprocesses."""
+    """Figures are built and drawn (their texts parsed and placed: what a draw can raise still raises), but
+    neither passed through their layout engine nor rasterised, and their texts stand in for their pixels:
+    that is most of a figure's cost, and most tests write figures. Tests of the pictures themselves are
+    marked `rendered_figures` and get real PNGs, as do subprocesses."""
     if request.node.get_closest_marker("rendered_figures"):
         return
     import matplotlib.text
