@@ -70,14 +70,17 @@ def find_run(checkpoints_dir, scene, seed):
     return max(found, key=lambda run_dir: len(saved_epochs(run_dir)), default=None)
 
 
-def train_run(scene, seed, args, threads, resume):
-    """Train (or resume) the job's run through the command line; (ok, the output's last line). Interrupted
+def train_run(scene, seed, settings, resume):
+    """Train (or resume) the job's run through the command line, with this process's torch threads; (ok, the
+    output's last line). Interrupted
     (Ctrl-C, or the benchmark engine stopping its workers), it passes the signal on and waits while the
     training saves its last completed epoch, as main.py does on Ctrl-C."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--dataset", scene,
-               "--data_dir", args["data_dir"], "--seed", str(seed), "--epochs", str(EPOCHS),
-               "--save_freq", str(SAVE_FREQ), "--checkpoints_dir", args["checkpoints_dir"]]
-    environment = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+               "--data_dir", settings.data_dir, "--seed", str(seed), "--epochs", str(EPOCHS),
+               "--save_freq", str(SAVE_FREQ), "--checkpoints_dir", settings.checkpoints_dir]
+    import torch
+    threads = str(torch.get_num_threads())
+    environment = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     training = subprocess.Popen(command + (["--resume"] if resume else []), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=environment, cwd=ROOT)
     try:
@@ -122,23 +125,21 @@ def evaluate_run(scene, seed, run_dir, data_dir):
 
 def run_job(settings, job):
     """Train the job (scene, seed)'s run if needed and allowed, then evaluate it: (status, rows). `settings`
-    holds data_dir, checkpoints_dir and no_train; the training gets this process's torch threads."""
-    import torch
+    holds data_dir, checkpoints_dir and no_train."""
     scene, seed = job
-    args, threads = vars(settings), torch.get_num_threads()
-    run_dir = find_run(args["checkpoints_dir"], scene, seed)
+    run_dir = find_run(settings.checkpoints_dir, scene, seed)
     owner = lock_owner(run_dir) if run_dir else None
     if owner is not None:
         return f"in progress (being trained by process {owner})", []
     missing_epochs = [e for e in CHECKPOINT_EPOCHS if e not in (saved_epochs(run_dir) if run_dir else [])]
     if missing_epochs:
-        if args["no_train"]:
+        if settings.no_train:
             return f"not evaluated: no checkpoint for epochs {missing_epochs} and --no_train", []
-        ok, last_line = train_run(scene, seed, args, threads, resume=run_dir is not None)
+        ok, last_line = train_run(scene, seed, settings, resume=run_dir is not None)
         if not ok:
             return f"training failed: {last_line}", []
-        run_dir = find_run(args["checkpoints_dir"], scene, seed)
-    return f"evaluated {run_dir}", evaluate_run(scene, seed, run_dir, args["data_dir"])
+        run_dir = find_run(settings.checkpoints_dir, scene, seed)
+    return f"evaluated {run_dir}", evaluate_run(scene, seed, run_dir, settings.data_dir)
 
 
 def read_rows(path=CSV_PATH):

@@ -231,7 +231,7 @@ def test_an_interrupted_study_waits_for_the_training_to_save(tmp_path, monkeypat
     threading.Thread(target=interrupt_when_started, daemon=True).start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
-        curves.train_run("HYDICE-II", 1, dict(data_dir=".", checkpoints_dir="."), threads=1, resume=False)
+        curves.train_run("HYDICE-II", 1, types.SimpleNamespace(data_dir=".", checkpoints_dir="."), resume=False)
     assert (tmp_path / "saved").read_text() == "epoch 3" and time.monotonic() - started < 30
 
 
