@@ -7,12 +7,13 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from utils import UserError, usable_cores
+from utils import UserError, quiet_dropped_interrupts, request_stop, usable_cores
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))  # sent to Dask workers, which import the project from it
 BOOTSTRAP = "__import__('sys').path.insert(0, args[0]) or __import__('jobs').remote_job(*args)"
@@ -115,7 +116,8 @@ def threads_per_job(count):
 
 def stop_workers(pool, running):
     """Ctrl-C: interrupt the running jobs (their trainings save) and wait for them. The signal is repeated each
-    second until they end: one that lands where Python ignores exceptions (a weakref callback) is lost."""
+    second until they end: a training remembers one that lands where Python ignores exceptions (a weakref
+    callback, utils.request_stop), a prediction would go on."""
     while True:
         for child in multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError):
@@ -136,7 +138,7 @@ def interrupt(signum, frame):
     if not _in_job:
         raise SystemExit(1)
     _stopping = True
-    raise KeyboardInterrupt
+    request_stop()
 
 
 def start_worker(threads, flush):
@@ -149,6 +151,7 @@ def start_worker(threads, flush):
     flush_subnormals(flush)
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
+    sys.unraisablehook = quiet_dropped_interrupts
 
 
 def logged(work, config, job, path):

@@ -1,9 +1,7 @@
 """BS3LNet for hyperspectral anomaly detection: `--command train`, then `--command predict` with the same flags."""
 import errno
 import os
-import signal
 import sys
-import threading
 
 import data_parallel
 from benchmark import benchmark
@@ -11,15 +9,7 @@ from config import parse_config
 from detectors import detect_with_baseline
 from predict import predict
 from train import Interrupted, train
-from utils import UserError, command_line, flush_subnormals
-
-
-def stop_on_sigterm():
-    """SIGTERM (what schedulers and `kill` send) stops a run the way Ctrl-C does: the last epoch is saved."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+from utils import UserError, command_line, flush_subnormals, stop_on_signals
 
 
 def os_error_message(error):
@@ -29,6 +19,22 @@ def os_error_message(error):
               errno.ENOTDIR: "a path component is a file, not a folder",
               errno.EISDIR: "it is a folder, not a file"}.get(error.errno, "check the path")
     return ": ".join(str(part) for part in (error.strerror or error, error.filename, advice) if part)
+
+
+def run_command(config, argv):
+    """The command's work; returns its exit status (1: a benchmark job failed)."""
+    if config.command == "train":
+        train(config)
+    elif config.command == "predict":
+        predict(config)
+    elif config.command in ("rx", "lrx"):
+        detect_with_baseline(config, config.command)
+    else:
+        failures = benchmark(config, command_line(argv))
+        if failures:
+            print(f"error: {failures} benchmark job(s) failed: see the 'failed' column", file=sys.stderr)
+            return 1
+    return 0
 
 
 def main(argv=None):
@@ -42,21 +48,11 @@ def main(argv=None):
     if flush_subnormals(not config.keep_subnormals) == "mixed":
         print("note: torch's CPU threads started before subnormal flushing was set; some keep subnormals",
               file=sys.stderr)
-    stop_on_sigterm()
     completed = False
     try:
-        if config.command == "train":
-            train(config)
-        elif config.command == "predict":
-            predict(config)
-        elif config.command in ("rx", "lrx"):
-            detect_with_baseline(config, config.command)
-        else:
-            failures = benchmark(config, command_line(argv))
-            if failures:
-                print(f"error: {failures} benchmark job(s) failed: see the 'failed' column", file=sys.stderr)
-                return 1
-        completed = True
+        with stop_on_signals():  # Ctrl-C and SIGTERM: a training saves its last completed epoch
+            status = run_command(config, argv)
+        completed = status == 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -75,7 +71,7 @@ def main(argv=None):
         return 130
     finally:
         data_parallel.cleanup(completed)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

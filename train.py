@@ -19,8 +19,8 @@ from model import BS3LNet, init_weights
 from runs import (CURVE_NAME, checkpoint_path, earlier_run_files, is_row, locate_run, log_header, log_path, log_row,
                   remove_temporary_files, run_lock, saved_epochs)
 from scoring import score_reconstruction
-from utils import (UserError, atomic_write, atomic_write_text, autocast, command_line, seed_everything, set_tf32,
-                   signals_ignored)
+from utils import (UserError, atomic_write, atomic_write_text, autocast, clear_stop_request, command_line,
+                   raise_if_stop_requested, seed_everything, set_tf32, signals_ignored)
 
 # The batch order has a random stream of its own, seeded apart from the masks' stream.
 ORDER_SEED_OFFSET = 2 ** 32
@@ -58,6 +58,7 @@ def train_epoch(net, optimizer, scaler, sampler, batches, config, desc):
     loss_sum = torch.zeros((), device=sampler.device)
     progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True, disable=data_parallel.rank() != 0)
     for step, batch in enumerate(progress, start=1):
+        raise_if_stop_requested()
         count = None
         if data_parallel.world_size() > 1:
             count = batch[0].numel() * sampler.bands * config.patch ** 2 / data_parallel.world_size()
@@ -289,6 +290,7 @@ def run_epochs(run_dir, config, session, after_epoch):
                 after_epoch(epoch, session.net, loss)
                 session.net.train()
     except KeyboardInterrupt:
+        clear_stop_request()
         with signals_ignored():
             stopped = interruption(run_dir, config, epoch, snapshot, saved_epoch, is_main)
         raise stopped from None

@@ -104,6 +104,62 @@ def atomic_write(path, write):
     sync_to_disk(directory)
 
 
+_stop_requested = False  # set by Ctrl-C or SIGTERM (request_stop); cleared once a training has stopped
+
+
+def request_stop(signum=None, frame=None):
+    """The handler of Ctrl-C and SIGTERM during a command: remember the request, then raise KeyboardInterrupt.
+
+    Python drops an exception raised where it ignores exceptions (a weakref callback, a `__del__`: torch runs
+    some); the training loop asks raise_if_stop_requested() before each batch, so such a Ctrl-C still stops it.
+    """
+    global _stop_requested
+    _stop_requested = True
+    raise KeyboardInterrupt
+
+
+def raise_if_stop_requested():
+    """KeyboardInterrupt if Ctrl-C or SIGTERM came and was swallowed where Python ignores exceptions."""
+    if _stop_requested:
+        raise KeyboardInterrupt
+
+
+def clear_stop_request():
+    global _stop_requested
+    _stop_requested = False
+
+
+def quiet_dropped_interrupts(unraisable, report=sys.__unraisablehook__):
+    """sys.unraisablehook: a KeyboardInterrupt that Python drops after request_stop is not reported with a
+    traceback (the stop is remembered and carried out); anything else is reported as usual."""
+    if not (_stop_requested and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+        report(unraisable)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Ctrl-C and SIGTERM (what schedulers and `kill` send) stop the command inside by request_stop; the
+    earlier handlers come back on leaving. A Ctrl-C that the process was started to ignore (`nohup`, `&`)
+    stays ignored; outside the main thread signals never reach Python code, and nothing is changed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {number: handler for number, handler in handlers.items() if handler not in (None, signal.SIG_IGN)}
+    hook = sys.unraisablehook
+    clear_stop_request()
+    for number in handlers:
+        signal.signal(number, request_stop)
+    sys.unraisablehook = quiet_dropped_interrupts
+    try:
+        yield
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        sys.unraisablehook = hook
+        clear_stop_request()
+
+
 @contextlib.contextmanager
 def signals_ignored():
     """Ctrl-C and SIGTERM are ignored inside (in the main thread; elsewhere signals never reach Python code):

@@ -15,6 +15,7 @@ from conftest import ROOT, cli_flags
 from benchmark import Job, plan
 from config import parse_config
 import jobs
+import utils
 from jobs import PROJECT, glibc, remote_job, threads_per_job
 from main import main
 
@@ -130,9 +131,11 @@ def test_an_interrupted_worker_starts_no_job_and_one_between_jobs_ends(monkeypat
         jobs.interrupt(signal.SIGINT, None)  # between jobs
     assert not jobs._stopping
     monkeypatch.setattr(jobs, "_in_job", True)
+    monkeypatch.setattr(utils, "_stop_requested", False)  # restored after the test: other tests train in-process
     for _ in range(2):  # a Ctrl-C swallowed somewhere (a weakref callback ignores exceptions) gets a second chance
         with pytest.raises(KeyboardInterrupt):
             jobs.interrupt(signal.SIGINT, None)
+    assert utils._stop_requested  # and the job's training stops at its next batch (utils.raise_if_stop_requested)
     monkeypatch.setattr(jobs, "_in_job", False)
     ran = []
     with pytest.raises(KeyboardInterrupt):

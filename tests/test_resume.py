@@ -1,5 +1,7 @@
 import os
 import signal
+import sys
+import weakref
 
 import pytest
 import torch
@@ -72,6 +74,39 @@ def test_a_second_ctrl_c_does_not_cut_the_interrupted_trainings_save_short(scene
         train(config)
     assert saved_epochs(run_directory(config)) == [1]
     assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C works again afterwards
+
+
+def drop_a_ctrl_c():
+    """Ctrl-C delivered inside a weakref callback (torch runs some): Python reports its KeyboardInterrupt as
+    unraisable and goes on."""
+    class Referent:
+        pass
+    referent = Referent()
+    reference = weakref.ref(referent, lambda _: os.kill(os.getpid(), signal.SIGINT))
+    del referent
+    return reference
+
+
+def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_dir, monkeypatch, capsys):
+    real_record = train_module.record_epoch
+
+    def record_then_drop_a_ctrl_c(run_dir, config, session, epoch, seconds):
+        real_record(run_dir, config, session, epoch, seconds)
+        if epoch == 1:
+            drop_a_ctrl_c()
+    monkeypatch.setattr(train_module, "record_epoch", record_then_drop_a_ctrl_c)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's report, not pytest's
+    flags = cli_flags(scene_dir, "tiny", "--epochs", "3", "--save_freq", "10")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also under `pytest &`
+    try:
+        assert main(["--command", "train", *flags]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the command
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    assert "epoch 1 is saved" in err and "--resume" in err
+    assert "Traceback" not in err and "Exception ignored" not in err  # the dropped interrupt is not reported
+    assert saved_epochs(run_directory(parse_config(flags))) == [1]
 
 
 def test_resume_extends_a_finished_run(scene_dir):
