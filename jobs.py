@@ -8,12 +8,14 @@ import os
 import signal
 import socket
 import sys
+import threading
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from utils import UserError, quiet_dropped_interrupts, request_stop, usable_cores
+from utils import (UserError, clear_stop_request, quiet_dropped_interrupts, request_stop, request_stop_of,
+                   usable_cores)
 
 PROJECT = os.path.dirname(os.path.abspath(__file__))  # sent to Dask workers, which import the project from it
 BOOTSTRAP = "__import__('sys').path.insert(0, args[0]) or __import__('jobs').remote_job(*args)"
@@ -170,9 +172,13 @@ def logged(work, config, job, path):
 def on_dask(config, jobs, work, log_dir, report, lost):
     """The jobs on the Dask cluster at --scheduler. The scheduler and the workers unpickle every task, and need
     not have this project on their path: a task is the builtin eval of BOOTSTRAP with plain data, which adds
-    the project's folder (on a filesystem every worker sees, like the data and the outputs) to the path."""
+    the project's folder (on a filesystem every worker sees, like the data and the outputs) to the path.
+
+    Ctrl-C sets a Dask Event the jobs watch (stopped_by): the running trainings save their last completed
+    epoch and end, the jobs not started do not start, and the jobs that end meanwhile are reported. A second
+    Ctrl-C stops waiting for them."""
     try:
-        from dask.distributed import Client, KilledWorker, as_completed
+        from dask.distributed import Client, Event, as_completed
     except ImportError:
         raise UserError(f"--scheduler needs Dask: {CLUSTER_INSTALL}") from None
     try:
@@ -181,31 +187,54 @@ def on_dask(config, jobs, work, log_dir, report, lost):
         raise UserError(f"no Dask scheduler answers at {config.scheduler} ({error}): start one (dask scheduler, "
                         "or dask-jobqueue) and pass its address") from None
     with client:
+        stop = Event(client=client)  # a name of its own: another benchmark on the cluster watches another
         futures = {client.submit(eval, BOOTSTRAP, {"args": (
             PROJECT, work.__module__, work.__name__, config.as_dict(), tuple(vars(job).values()),
-            os.path.abspath(os.path.join(log_dir, f"job{index + 1:03d}.log")))}, pure=False): index
+            os.path.abspath(os.path.join(log_dir, f"job{index + 1:03d}.log")), stop.name)}, pure=False): index
             for index, job in enumerate(jobs)}
+        ended = set()
+
+        def collect(completed):
+            for future in completed:
+                ended.add(futures[future])
+                dask_result(future, futures[future], report, lost)
         try:
-            for future in tqdm(as_completed(futures), total=len(jobs), desc="jobs", dynamic_ncols=True):
-                try:
-                    rows = future.result()
-                except ImportError as error:
-                    raise UserError(f"a Dask worker cannot import this project from {PROJECT} ({error}): the project, "
-                                    "data, checkpoints and results must be on a filesystem every worker sees") from None
-                except KilledWorker:  # Dask gave up on it after its workers died (allowed-failures times)
-                    lost(futures[future], DASK_WORKERS_DIED)
-                    continue
-                report(futures[future], rows)
+            collect(tqdm(as_completed(futures), total=len(jobs), desc="jobs", dynamic_ncols=True))
+            return None
         except KeyboardInterrupt:
-            client.cancel(list(futures))
-            return ("interrupted: jobs not started are cancelled; Dask cannot stop a running job, so trainings "
-                    "already running finish on their workers")
-    return None
+            stop.set()
+            unfinished = [future for future in futures if futures[future] not in ended]
+            print(f"interrupted: stopping {len(unfinished)} unfinished jobs (running trainings save their last "
+                  "epoch; Ctrl-C again leaves them running)", file=sys.stderr)
+        try:
+            collect(as_completed(unfinished))
+        except KeyboardInterrupt:
+            client.cancel(unfinished)
+            return (f"interrupted again with {len(jobs) - len(ended)} of {len(jobs)} jobs unfinished; trainings "
+                    "still running on the workers were left to finish")
+        return (f"interrupted with {len(jobs) - len(ended)} of {len(jobs)} jobs unfinished; running trainings "
+                "saved their last epoch")
 
 
-def remote_job(project, module, function, fields, job_fields, log):
+def dask_result(future, index, report, lost):
+    """Report a finished Dask job's rows; a job stopped by Ctrl-C (None) reports nothing."""
+    from dask.distributed import KilledWorker
+    try:
+        rows = future.result()
+    except ImportError as error:
+        raise UserError(f"a Dask worker cannot import this project from {PROJECT} ({error}): the project, data, "
+                        "checkpoints and results must be on a filesystem every worker sees") from None
+    except KilledWorker:  # Dask gave up on it after its workers died (allowed-failures times)
+        lost(index, DASK_WORKERS_DIED)
+        return
+    if rows is not None:
+        report(index, rows)
+
+
+def remote_job(project, module, function, fields, job_fields, log, stop_event=None):
     """On a Dask worker (BOOTSTRAP has put `project` on the path): the job's rows, or its failure's; its output
-    goes to the file `log` in the shared results folder."""
+    goes to the file `log` in the shared results folder. None if the Dask Event named `stop_event` was set
+    (Ctrl-C in the benchmark) before the job started or while it ran (its training then saved its last epoch)."""
     import importlib
 
     from benchmark import Job, row_keys
@@ -219,8 +248,46 @@ def remote_job(project, module, function, fields, job_fields, log):
     # A Dask task runs in a thread of the worker's, and the flushing of subnormal floats is a thread's own
     # setting: set it here, in the task's thread, as main() does for a command (utils.flush_subnormals).
     flush_subnormals(not config.keep_subnormals)
-    with heap_for_tensors():
-        return logged(getattr(importlib.import_module(module), function), config, job, log)
+    try:
+        with stopped_by(stop_event), heap_for_tensors():
+            return logged(getattr(importlib.import_module(module), function), config, job, log)
+    except KeyboardInterrupt:
+        return None
+
+
+@contextlib.contextmanager
+def stopped_by(event_name):
+    """Inside, setting the Dask Event `event_name` stops this thread's training at its next batch
+    (utils.request_stop_of); a job that starts after it was set raises KeyboardInterrupt at once. A thread
+    watches the event: a task cannot be interrupted otherwise, Dask runs it in a thread of the worker's."""
+    if event_name is None:
+        yield
+        return
+    from dask.distributed import Event
+    event = Event(event_name)  # the worker's client, found from this, the task's thread
+    if event.is_set():
+        raise KeyboardInterrupt
+    thread, lock, ended = threading.get_ident(), threading.Lock(), []
+
+    def watch():
+        while True:
+            try:
+                stop = event.wait(timeout=1)
+            except Exception:  # the scheduler is gone: nobody is left to ask for a stop
+                return
+            with lock:  # never marks the thread once its job has ended (a worker reuses its threads)
+                if ended:
+                    return
+                if stop:
+                    request_stop_of(thread)
+                    return
+    threading.Thread(target=watch, daemon=True, name="bs3lnet-stop-watch").start()
+    try:
+        yield
+    finally:
+        with lock:
+            ended.append(True)
+        clear_stop_request()
 
 
 def glibc():

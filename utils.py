@@ -105,6 +105,7 @@ def atomic_write(path, write):
 
 
 _stop_requested = False  # set by Ctrl-C or SIGTERM (request_stop); cleared once a training has stopped
+_stopped_threads = set()  # threads asked to stop from elsewhere (a Dask task's, jobs.stopped_by)
 
 
 def request_stop(signum=None, frame=None):
@@ -118,15 +119,24 @@ def request_stop(signum=None, frame=None):
     raise KeyboardInterrupt
 
 
+def request_stop_of(thread):
+    """Ask the thread whose identifier is `thread` to stop: its training stops at its next batch (signals
+    reach only the main thread; this reaches the thread a Dask worker runs a task in)."""
+    _stopped_threads.add(thread)
+
+
 def raise_if_stop_requested():
-    """KeyboardInterrupt if Ctrl-C or SIGTERM came and was swallowed where Python ignores exceptions."""
-    if _stop_requested:
+    """KeyboardInterrupt if Ctrl-C or SIGTERM came and was swallowed where Python ignores exceptions, or this
+    thread was asked to stop."""
+    if _stop_requested or threading.get_ident() in _stopped_threads:
         raise KeyboardInterrupt
 
 
 def clear_stop_request():
+    """Forget the stop requests once they are carried out (the signals', and this thread's)."""
     global _stop_requested
     _stop_requested = False
+    _stopped_threads.discard(threading.get_ident())
 
 
 def quiet_dropped_interrupts(unraisable, report=sys.__unraisablehook__):

@@ -226,6 +226,42 @@ def test_a_dask_cluster_gives_the_sequential_table_and_loses_only_a_killed_worke
                                                                         for r in sequential]
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_trainings_running_on_a_dask_cluster_and_starts_no_job(scene_dir, capsys):
+    pytest.importorskip("dask.distributed", reason="Dask's distributed is an optional extra "
+                        "(pip install -r requirements-cluster.txt)")
+    import threading
+    from dask.distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2,3",
+                          "--methods", "rx,bs3lnet", "--epochs", "500", "--save_freq", "1000",
+                          "--scheduler", cluster.scheduler_address)
+
+        def ctrl_c_once_two_trainings_run():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                logs = list((scene_dir / "checkpoints").rglob("train_log.tsv"))
+                if len(logs) == 2 and all(len(log.read_text().splitlines()) > 3 for log in logs):
+                    break
+                time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+        try:
+            threading.Thread(target=ctrl_c_once_two_trainings_run, daemon=True).start()
+            assert main(flags) == 130
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    err = capsys.readouterr().err
+    assert "Continue with:" in err and "Traceback" not in err
+    assert [row["runs"] for row in table(scene_dir) if row["method"] == "rx"] == ["1"]
+    saved = {path.parent.name: path.name for path in (scene_dir / "checkpoints").rglob("epoch_*.pt")}
+    assert len(saved) == 2  # both running trainings saved their last completed epoch, having stopped
+    assert "epoch_0500.pt" not in saved.values()
+    assert not list((scene_dir / "checkpoints").rglob(".lock"))  # and neither trains on, on its worker
+    logs = sorted(os.listdir(scene_dir / "results" / "benchmark" / "logs"))
+    assert logs == ["job001.log", "job002.log", "job003.log"]  # the fourth job did not start
+
+
 def test_without_dask_the_scheduler_flag_names_the_install_line(scene_dir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "dask.distributed", None)
     flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--seeds", "1", "--methods", "rx",
