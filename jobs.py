@@ -271,8 +271,8 @@ def stopped_by(event_name):
 
     def watch():
         while True:
-            try:
-                stop = event.wait(timeout=1)
+            try:  # returns at once when set; the timeout bounds how long the watch outlives its job
+                stop = event.wait(timeout=10)
             except Exception:  # the scheduler is gone: nobody is left to ask for a stop
                 return
             with lock:  # never marks the thread once its job has ended (a worker reuses its threads)

@@ -1,12 +1,14 @@
 import os
 import signal
 import sys
+import threading
 import weakref
 
 import pytest
 import torch
 
 import train as train_module
+import utils
 from conftest import cli_flags, run_cli
 from config import parse_config
 from main import main
@@ -107,6 +109,29 @@ def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_
     assert "epoch 1 is saved" in err and "--resume" in err
     assert "Traceback" not in err and "Exception ignored" not in err  # the dropped interrupt is not reported
     assert saved_epochs(run_directory(parse_config(flags))) == [1]
+
+
+def test_a_stop_asked_of_one_thread_stops_that_thread_alone():
+    """What a Dask task's stop watch asks (jobs.stopped_by): a worker runs other tasks in its other threads."""
+    seen = []
+
+    def another_thread():
+        try:
+            utils.raise_if_stop_requested()
+            seen.append("went on")
+        except KeyboardInterrupt:
+            seen.append("stopped")
+    utils.request_stop_of(threading.get_ident())
+    try:
+        neighbour = threading.Thread(target=another_thread)
+        neighbour.start()
+        neighbour.join()
+        with pytest.raises(KeyboardInterrupt):
+            utils.raise_if_stop_requested()
+    finally:
+        utils.clear_stop_request()
+    utils.raise_if_stop_requested()  # carried out and forgotten: the thread's next job runs
+    assert seen == ["went on"]
 
 
 def test_resume_extends_a_finished_run(scene_dir):
