@@ -232,9 +232,10 @@ def test_ctrl_c_stops_the_trainings_running_on_a_dask_cluster_and_starts_no_job(
                         "(pip install -r requirements-cluster.txt)")
     import threading
     from dask.distributed import LocalCluster
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # One worker process running two tasks in two threads: a stop reaches each training's thread.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2,3",
-                          "--methods", "rx,bs3lnet", "--epochs", "500", "--save_freq", "1000",
+                          "--methods", "bs3lnet", "--epochs", "500", "--save_freq", "1000",
                           "--scheduler", cluster.scheduler_address)
 
         def ctrl_c_once_two_trainings_run():
@@ -253,13 +254,11 @@ def test_ctrl_c_stops_the_trainings_running_on_a_dask_cluster_and_starts_no_job(
             signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert "Continue with:" in err and "Traceback" not in err
-    assert [row["runs"] for row in table(scene_dir) if row["method"] == "rx"] == ["1"]
     saved = {path.parent.name: path.name for path in (scene_dir / "checkpoints").rglob("epoch_*.pt")}
     assert len(saved) == 2  # both running trainings saved their last completed epoch, having stopped
     assert "epoch_0500.pt" not in saved.values()
     assert not list((scene_dir / "checkpoints").rglob(".lock"))  # and neither trains on, on its worker
-    logs = sorted(os.listdir(scene_dir / "results" / "benchmark" / "logs"))
-    assert logs == ["job001.log", "job002.log", "job003.log"]  # the fourth job did not start
+    assert len(os.listdir(scene_dir / "results" / "benchmark" / "logs")) == 2  # the third job did not start
 
 
 def test_without_dask_the_scheduler_flag_names_the_install_line(scene_dir, capsys, monkeypatch):
