@@ -73,8 +73,9 @@ def find_run(checkpoints_dir, scene, seed):
 def train_run(scene, seed, settings, resume):
     """Train (or resume) the job's run through the command line, with this process's torch threads; (ok, the
     output's last line). Interrupted
-    (Ctrl-C, or the benchmark engine stopping its workers), it passes the signal on and waits while the
-    training saves its last completed epoch, as main.py does on Ctrl-C."""
+    (Ctrl-C, or the benchmark engine stopping its workers), it sends the training SIGTERM and waits while it
+    saves its last completed epoch (main.py treats SIGTERM as Ctrl-C; a study started in the background,
+    `&`, ignores Ctrl-C and so would its training)."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--dataset", scene,
                "--data_dir", settings.data_dir, "--seed", str(seed), "--epochs", str(EPOCHS),
                "--save_freq", str(SAVE_FREQ), "--checkpoints_dir", settings.checkpoints_dir]
@@ -86,7 +87,7 @@ def train_run(scene, seed, settings, resume):
     try:
         output, _ = training.communicate()
     except KeyboardInterrupt:
-        training.send_signal(signal.SIGINT)
+        training.send_signal(signal.SIGTERM)
         with signals_ignored():  # repeated signals must not leave the training's save behind unwaited
             training.wait()
         raise

@@ -209,8 +209,8 @@ def test_the_study_runs_its_jobs_in_the_benchmarks_worker_processes(tmp_path, mo
 
 
 def test_an_interrupted_study_waits_for_the_training_to_save(tmp_path, monkeypatch):
-    """Ctrl-C (or the engine stopping its workers) reaches the study's process: it passes the signal on to the
-    training and returns only after the training has saved (a fake main.py whose save takes a moment)."""
+    """Ctrl-C (or the engine stopping its workers) reaches the study's process: it stops the training with
+    SIGTERM and returns only after the training has saved (a fake main.py whose save takes a moment)."""
     curves = load_epoch_curves()
     (tmp_path / "main.py").write_text(
         "import pathlib, signal, sys, time\n"
@@ -219,7 +219,8 @@ def test_an_interrupted_study_waits_for_the_training_to_save(tmp_path, monkeypat
         "    time.sleep(0.5)\n"
         "    (here / 'saved').write_text('epoch 3')\n"
         "    sys.exit(130)\n"
-        "signal.signal(signal.SIGINT, save)\n"
+        "signal.signal(signal.SIGTERM, save)\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"  # as for a study started in the background (`&`)
         "(here / 'started').write_text('')\n"
         "time.sleep(60)\n")
     monkeypatch.setattr(curves, "ROOT", str(tmp_path))
