@@ -153,7 +153,7 @@ def start_worker(threads, flush):
     flush_subnormals(flush)
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
-    sys.unraisablehook = quiet_dropped_interrupts
+    sys.unraisablehook = quiet_dropped_interrupts(sys.unraisablehook)
 
 
 def logged(work, config, job, path):

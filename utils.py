@@ -139,11 +139,13 @@ def clear_stop_request():
     _stopped_threads.discard(threading.get_ident())
 
 
-def quiet_dropped_interrupts(unraisable, report=sys.__unraisablehook__):
-    """sys.unraisablehook: a KeyboardInterrupt that Python drops after request_stop is not reported with a
-    traceback (the stop is remembered and carried out); anything else is reported as usual."""
-    if not (_stop_requested and issubclass(unraisable.exc_type, KeyboardInterrupt)):
-        report(unraisable)
+def quiet_dropped_interrupts(report):
+    """A sys.unraisablehook that passes what Python drops on to `report` (the hook it replaces), except a
+    KeyboardInterrupt after request_stop: that stop is remembered and carried out, not shown as a traceback."""
+    def hook(unraisable):
+        if not (_stop_requested and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+            report(unraisable)
+    return hook
 
 
 @contextlib.contextmanager
@@ -160,7 +162,7 @@ def stop_on_signals():
     clear_stop_request()
     for number in handlers:
         signal.signal(number, request_stop)
-    sys.unraisablehook = quiet_dropped_interrupts
+    sys.unraisablehook = quiet_dropped_interrupts(hook)
     try:
         yield
     finally:

@@ -2,6 +2,7 @@ import os
 import signal
 import sys
 import threading
+import types
 import weakref
 
 import pytest
@@ -109,6 +110,17 @@ def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_
     assert "epoch 1 is saved" in err and "--resume" in err
     assert "Traceback" not in err and "Exception ignored" not in err  # the dropped interrupt is not reported
     assert saved_epochs(run_directory(parse_config(flags))) == [1]
+
+
+def test_only_an_interrupt_dropped_after_a_stop_request_goes_unreported(monkeypatch):
+    reported = []
+    hook = utils.quiet_dropped_interrupts(lambda unraisable: reported.append(unraisable.exc_type))
+    monkeypatch.setattr(utils, "_stop_requested", True)
+    hook(types.SimpleNamespace(exc_type=KeyboardInterrupt))  # remembered: the training stops at its next batch
+    hook(types.SimpleNamespace(exc_type=ValueError))
+    monkeypatch.setattr(utils, "_stop_requested", False)
+    hook(types.SimpleNamespace(exc_type=KeyboardInterrupt))  # not one of ours
+    assert reported == [ValueError, KeyboardInterrupt]
 
 
 def test_a_stop_asked_of_one_thread_stops_that_thread_alone():
