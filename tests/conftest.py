@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -56,6 +57,15 @@ def unrendered_figures(request, monkeypatch):
         finally:
             figures._pyplot().close(fig)
     monkeypatch.setattr(figures, "_save", save)
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt in this process, as in a terminal, also in a suite started in the
+    background (`pytest &` ignores SIGINT); the earlier disposition comes back after the test."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

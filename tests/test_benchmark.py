@@ -227,8 +227,8 @@ def test_a_dask_cluster_gives_the_sequential_table_and_loses_only_a_killed_worke
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_a_dask_cluster_stops_its_trainings_and_starts_no_job_a_second_stops_waiting(scene_dir, tmp_path,
-                                                                                         capsys, monkeypatch):
+def test_ctrl_c_on_a_dask_cluster_stops_the_trainings_and_a_second_stops_waiting(scene_dir, tmp_path, capsys,
+                                                                                monkeypatch, sigint_raises):
     pytest.importorskip("dask.distributed", reason="Dask's distributed is an optional extra "
                         "(pip install -r requirements-cluster.txt)")
     import threading
@@ -250,27 +250,23 @@ def test_ctrl_c_on_a_dask_cluster_stops_its_trainings_and_starts_no_job_a_second
     def two_trainings_run():
         logs = list((scene_dir / "checkpoints").rglob("train_log.tsv"))
         return len(logs) == 2 and all(len(log.read_text().splitlines()) > 3 for log in logs)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     # One worker process running two tasks in two threads: a stop reaches each training's thread.
-    try:
-        with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
-            flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2,3",
-                              "--methods", "bs3lnet", "--epochs", "500", "--save_freq", "1000",
-                              "--scheduler", cluster.scheduler_address)
-            threading.Thread(target=ctrl_c_when, args=(two_trainings_run,), daemon=True).start()
-            assert main(flags) == 130
-            err = capsys.readouterr().err
-            # A second Ctrl-C stops waiting for a job that does not stop.
-            config = parse_config(flags)
-            threading.Thread(target=ctrl_c_when, args=(lambda: (scene_dir / "results" / "started").exists(), True),
-                             daemon=True).start()
-            started = time.monotonic()
-            stopped = jobs.on_dask(config, [Job("tiny", "rx", 1, (), ())],
-                                   types.SimpleNamespace(__module__="stubborn_work", __name__="run"),
-                                   str(tmp_path / "logs"), None, None)
-            assert stopped.startswith("interrupted again") and time.monotonic() - started < 50
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
+        flags = cli_flags(scene_dir, "tiny", "--command", "benchmark", "--datasets", "tiny", "--seeds", "1,2,3",
+                          "--methods", "bs3lnet", "--epochs", "500", "--save_freq", "1000",
+                          "--scheduler", cluster.scheduler_address)
+        threading.Thread(target=ctrl_c_when, args=(two_trainings_run,), daemon=True).start()
+        assert main(flags) == 130
+        err = capsys.readouterr().err
+        # A second Ctrl-C stops waiting for a job that does not stop.
+        config = parse_config(flags)
+        threading.Thread(target=ctrl_c_when, args=(lambda: (scene_dir / "results" / "started").exists(), True),
+                         daemon=True).start()
+        started = time.monotonic()
+        stopped = jobs.on_dask(config, [Job("tiny", "rx", 1, (), ())],
+                               types.SimpleNamespace(__module__="stubborn_work", __name__="run"),
+                               str(tmp_path / "logs"), None, None)
+        assert stopped.startswith("interrupted again") and time.monotonic() - started < 50
     assert "Continue with:" in err and "Traceback" not in err
     saved = {path.parent.name: path.name for path in (scene_dir / "checkpoints").rglob("epoch_*.pt")}
     assert len(saved) == 2  # both running trainings saved their last completed epoch, having stopped

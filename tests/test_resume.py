@@ -90,7 +90,8 @@ def drop_a_ctrl_c():
     return reference
 
 
-def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_dir, monkeypatch, capsys):
+def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_dir, monkeypatch, capsys,
+                                                                          sigint_raises):
     real_record = train_module.record_epoch
 
     def record_then_drop_a_ctrl_c(run_dir, config, session, epoch, seconds):
@@ -100,12 +101,8 @@ def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_
     monkeypatch.setattr(train_module, "record_epoch", record_then_drop_a_ctrl_c)
     monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)  # Python's report, not pytest's
     flags = cli_flags(scene_dir, "tiny", "--epochs", "3", "--save_freq", "10")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also under `pytest &`
-    try:
-        assert main(["--command", "train", *flags]) == 130
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the command
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    assert main(["--command", "train", *flags]) == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the command
     err = capsys.readouterr().err
     assert "epoch 1 is saved" in err and "--resume" in err
     assert "Traceback" not in err and "Exception ignored" not in err  # the dropped interrupt is not reported
