@@ -202,11 +202,11 @@ def on_dask(config, jobs, work, log_dir, report, lost):
             collect(tqdm(as_completed(futures), total=len(jobs), desc="jobs", dynamic_ncols=True))
             return None
         except KeyboardInterrupt:
-            stop.set()
             unfinished = [future for future in futures if futures[future] not in ended]
+        try:
+            stop.set()
             print(f"interrupted: stopping {len(unfinished)} unfinished jobs (running trainings save their last "
                   "epoch; Ctrl-C again leaves them running)", file=sys.stderr)
-        try:
             collect(as_completed(unfinished))
         except KeyboardInterrupt:
             client.cancel(unfinished)
