@@ -104,8 +104,7 @@ def atomic_write(path, write):
     sync_to_disk(directory)
 
 
-_stop_requested = False  # set by Ctrl-C or SIGTERM (request_stop); cleared once a training has stopped
-_stopped_threads = set()  # threads asked to stop from elsewhere (a Dask task's, jobs.stopped_by)
+_stopped_threads = set()  # the threads asked to stop (request_stop, request_stop_of), until they have stopped
 
 
 def request_stop(signum=None, frame=None):
@@ -113,9 +112,9 @@ def request_stop(signum=None, frame=None):
 
     Python drops an exception raised where it ignores exceptions (a weakref callback, a `__del__`: torch runs
     some); the training loop asks raise_if_stop_requested() before each batch, so such a Ctrl-C still stops it.
+    Python runs signal handlers in the main thread: the request is the main thread's.
     """
-    global _stop_requested
-    _stop_requested = True
+    request_stop_of(threading.get_ident())
     raise KeyboardInterrupt
 
 
@@ -126,16 +125,14 @@ def request_stop_of(thread):
 
 
 def raise_if_stop_requested():
-    """KeyboardInterrupt if Ctrl-C or SIGTERM came and was swallowed where Python ignores exceptions, or this
-    thread was asked to stop."""
-    if _stop_requested or threading.get_ident() in _stopped_threads:
+    """KeyboardInterrupt if this thread was asked to stop: by Ctrl-C or SIGTERM, whose KeyboardInterrupt Python
+    may have dropped, or from another thread."""
+    if threading.get_ident() in _stopped_threads:
         raise KeyboardInterrupt
 
 
 def clear_stop_request():
-    """Forget the stop requests once they are carried out (the signals', and this thread's)."""
-    global _stop_requested
-    _stop_requested = False
+    """Forget this thread's stop request once it is carried out."""
     _stopped_threads.discard(threading.get_ident())
 
 
@@ -143,7 +140,8 @@ def quiet_dropped_interrupts(report):
     """A sys.unraisablehook that passes what Python drops on to `report` (the hook it replaces), except a
     KeyboardInterrupt after request_stop: that stop is remembered and carried out, not shown as a traceback."""
     def hook(unraisable):
-        if not (_stop_requested and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+        stop_requested = threading.get_ident() in _stopped_threads
+        if not (stop_requested and issubclass(unraisable.exc_type, KeyboardInterrupt)):
             report(unraisable)
     return hook
 

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -131,11 +132,12 @@ def test_an_interrupted_worker_starts_no_job_and_one_between_jobs_ends(monkeypat
         jobs.interrupt(signal.SIGINT, None)  # between jobs
     assert not jobs._stopping
     monkeypatch.setattr(jobs, "_in_job", True)
-    monkeypatch.setattr(utils, "_stop_requested", False)  # restored after the test: other tests train in-process
+    monkeypatch.setattr(utils, "_stopped_threads", set())  # restored after the test: other tests train in-process
     for _ in range(2):  # a Ctrl-C swallowed somewhere (a weakref callback ignores exceptions) gets a second chance
         with pytest.raises(KeyboardInterrupt):
             jobs.interrupt(signal.SIGINT, None)
-    assert utils._stop_requested  # and the job's training stops at its next batch (utils.raise_if_stop_requested)
+    # and the job's training stops at its next batch (utils.raise_if_stop_requested)
+    assert threading.get_ident() in utils._stopped_threads
     monkeypatch.setattr(jobs, "_in_job", False)
     ran = []
     with pytest.raises(KeyboardInterrupt):
@@ -231,7 +233,6 @@ def test_ctrl_c_on_a_dask_cluster_stops_the_trainings_and_a_second_stops_waiting
                                                                                 monkeypatch, sigint_raises):
     pytest.importorskip("dask.distributed", reason="Dask's distributed is an optional extra "
                         "(pip install -r requirements-cluster.txt)")
-    import threading
     from dask.distributed import LocalCluster
     (tmp_path / "stubborn_work.py").write_text(  # a job that no stop reaches
         "import os, time\ndef run(config, job):\n    open(os.path.join(config.results_dir, 'started'), 'w').close()\n"

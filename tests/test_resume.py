@@ -112,10 +112,10 @@ def test_a_ctrl_c_python_drops_still_stops_the_training_at_the_next_batch(scene_
 def test_only_an_interrupt_dropped_after_a_stop_request_goes_unreported(monkeypatch):
     reported = []
     hook = utils.quiet_dropped_interrupts(lambda unraisable: reported.append(unraisable.exc_type))
-    monkeypatch.setattr(utils, "_stop_requested", True)
+    monkeypatch.setattr(utils, "_stopped_threads", {threading.get_ident()})
     hook(types.SimpleNamespace(exc_type=KeyboardInterrupt))  # remembered: the training stops at its next batch
     hook(types.SimpleNamespace(exc_type=ValueError))
-    monkeypatch.setattr(utils, "_stop_requested", False)
+    monkeypatch.setattr(utils, "_stopped_threads", set())
     hook(types.SimpleNamespace(exc_type=KeyboardInterrupt))  # not one of ours
     assert reported == [ValueError, KeyboardInterrupt]
 
