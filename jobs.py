@@ -267,7 +267,7 @@ def stopped_by(event_name):
     event = Event(event_name)  # the worker's client, found from this, the task's thread
     if event.is_set():
         raise KeyboardInterrupt
-    thread, lock, ended = threading.get_ident(), threading.Lock(), []
+    thread, lock, ended = threading.get_ident(), threading.Lock(), threading.Event()
 
     def watch():
         while True:
@@ -276,7 +276,7 @@ def stopped_by(event_name):
             except Exception:  # the scheduler is gone: nobody is left to ask for a stop
                 return
             with lock:  # never marks the thread once its job has ended (a worker reuses its threads)
-                if ended:
+                if ended.is_set():
                     return
                 if stop:
                     request_stop_of(thread)
@@ -286,7 +286,7 @@ def stopped_by(event_name):
         yield
     finally:
         with lock:
-            ended.append(True)
+            ended.set()
         clear_stop_request()
 
 

@@ -72,10 +72,9 @@ def find_run(checkpoints_dir, scene, seed):
 
 def train_run(scene, seed, settings, resume):
     """Train (or resume) the job's run through the command line, with this process's torch threads; (ok, the
-    output's last line). Interrupted
-    (Ctrl-C, or the benchmark engine stopping its workers), it sends the training SIGTERM and waits while it
-    saves its last completed epoch (main.py treats SIGTERM as Ctrl-C; a study started in the background,
-    `&`, ignores Ctrl-C and so would its training)."""
+    output's last line). Interrupted (Ctrl-C, or the benchmark engine stopping its workers), it sends the
+    training SIGTERM and waits while it saves its last completed epoch (main.py treats SIGTERM as Ctrl-C; a
+    study started in the background, `&`, ignores Ctrl-C and so would its training)."""
     command = [sys.executable, os.path.join(ROOT, "main.py"), "--command", "train", "--dataset", scene,
                "--data_dir", settings.data_dir, "--seed", str(seed), "--epochs", str(EPOCHS),
                "--save_freq", str(SAVE_FREQ), "--checkpoints_dir", settings.checkpoints_dir]

@@ -208,7 +208,7 @@ def test_the_study_runs_its_jobs_in_the_benchmarks_worker_processes(tmp_path, mo
     assert logs == ["job001.log", "job002.log", "job003.log"] and not os.path.exists(path)
 
 
-def test_an_interrupted_study_waits_for_the_training_to_save(tmp_path, monkeypatch):
+def test_an_interrupted_study_waits_for_the_training_to_save(tmp_path, monkeypatch, sigint_raises):
     """Ctrl-C (or the engine stopping its workers) reaches the study's process: it stops the training with
     SIGTERM and returns only after the training has saved (a fake main.py whose save takes a moment)."""
     curves = load_epoch_curves()
